@@ -1,0 +1,70 @@
+# httptrace — the README's two commands are `make run` and `make test`; each works as the first command
+# on a fresh Debian bookworm machine: it installs what is missing, builds, then runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+BUILD_PKGS := clang-16 llvm-16 libbpf-dev libelf-dev zlib1g-dev bpftool gcc pkg-config python3-dev python3-venv
+TEST_PKGS := nginx wrk curl golang-go nodejs iproute2 procps util-linux
+BENCH_PKGS := nginx wrk tcpdump tshark apache2-utils
+WHEEL_PKGS := patchelf
+
+.PHONY: run test test-unit test-e2e bench wheel vmlinux clean sysdeps-build sysdeps-test build
+
+# Install Debian packages that are missing; apt-get update once, only if something is missing.
+define apt_ensure
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+sysdeps-build:
+	$(call apt_ensure,$(BUILD_PKGS))
+
+sysdeps-test: sysdeps-build
+	$(call apt_ensure,$(TEST_PKGS))
+
+$(VENV)/.installed: pyproject.toml setup.py build.py | sysdeps-build
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel cffi
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+# Compiles bpf/*.bpf.c and the cffi module in place (fast; always run so an edit is never stale).
+build: $(VENV)/.installed
+	$(PY) build.py
+
+run: build
+	$(PY) -m httptrace $(ARGS)
+
+test: sysdeps-test build
+	$(PY) -m pytest -ra tests
+
+test-unit: build
+	$(PY) -m pytest -ra tests/unit
+
+test-e2e: sysdeps-test build
+	$(PY) -m pytest -ra tests/e2e
+
+bench: sysdeps-test build
+	$(call apt_ensure,$(BENCH_PKGS))
+	$(PY) bench/run.py
+
+wheel: $(VENV)/.installed
+	$(call apt_ensure,$(WHEEL_PKGS))
+	rm -rf dist wheelhouse
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist .
+	$(PY) -m auditwheel repair -w wheelhouse dist/httptrace-*.whl
+	@ls wheelhouse/
+
+vmlinux:
+	$(call apt_ensure,bpftool)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux/x86/vmlinux.h
+
+clean:
+	rm -rf build dist wheelhouse *.egg-info httptrace/bpf/*.bpf.o httptrace/_libbpf*.so httptrace/_libbpf.c

@@ -1,0 +1,88 @@
+/* The kernel/user contract: every struct and enum that crosses the ring buffer.
+ *
+ * Single source of truth. httptrace/events.py mirrors these with ctypes and a unit test checks the
+ * mirror against the BTF of the built object, so change a field here and that test tells you where.
+ * Fixed-width types and explicit padding only: the layout must not depend on the compiler.
+ */
+#ifndef HTTPTRACE_H
+#define HTTPTRACE_H
+
+#define HT_COMM_LEN 16
+#define HT_CHUNK_SIZE (32 * 1024) /* payload bytes in one data event */
+#define HT_MAX_IOV 16             /* iovec entries walked per syscall; the rest is counted as not copied */
+
+enum ht_event_type {
+	HT_EVENT_OPEN = 1,  /* a connection was found to carry HTTP: addresses, comm, role hint */
+	HT_EVENT_DATA = 2,  /* payload bytes of one direction at stream offset pos */
+	HT_EVENT_CLOSE = 3, /* close() on a connection that had an open event */
+};
+
+enum ht_direction {
+	HT_EGRESS = 0,  /* the traced process wrote / sent these bytes */
+	HT_INGRESS = 1, /* the traced process read / received these bytes */
+};
+
+enum ht_role_hint {
+	HT_ROLE_UNKNOWN = 0, /* found on first read/write: it was open before the tracer attached */
+	HT_ROLE_SERVER = 1,  /* came from accept() */
+	HT_ROLE_CLIENT = 2,  /* came from connect() */
+};
+
+enum ht_data_flags {
+	HT_DATA_NOT_VISIBLE = 1, /* sendfile(): bytes left the socket but never passed through user memory */
+	HT_DATA_TLS = 2,         /* plaintext seen inside a TLS library, not on the socket */
+};
+
+/* Identifies one connection for its whole life: (tgid, fd) is reused, tsid makes it unique. */
+struct ht_conn_id {
+	__u32 tgid;
+	__s32 fd;
+	__u64 tsid; /* bpf_ktime_get_ns() when the kernel agent first saw it */
+};
+
+struct ht_event_header {
+	__u32 type; /* enum ht_event_type */
+	__u32 _pad0;
+	__u64 ts_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	struct ht_conn_id conn;
+};
+
+struct ht_open_event {
+	struct ht_event_header hdr;
+	__u16 family; /* AF_INET or AF_INET6 */
+	__u16 local_port;
+	__u16 remote_port;
+	__u8 role_hint; /* enum ht_role_hint */
+	__u8 _pad0;
+	__u8 local_addr[16]; /* 4 bytes used for AF_INET */
+	__u8 remote_addr[16];
+	char comm[HT_COMM_LEN];
+};
+
+struct ht_data_event {
+	struct ht_event_header hdr;
+	__u64 pos;        /* offset of data[0] in this direction's byte stream */
+	__u32 len;        /* payload bytes in data[] */
+	__u32 not_copied; /* bytes right after this payload that were not copied (cap, sendfile) */
+	__u8 direction;   /* enum ht_direction */
+	__u8 flags;       /* enum ht_data_flags */
+	__u8 _pad0[6];
+	__u8 data[HT_CHUNK_SIZE]; /* only len bytes are sent */
+};
+
+struct ht_close_event {
+	struct ht_event_header hdr;
+	__u64 bytes[2]; /* stream length per direction at close: pos a reader should have reached */
+};
+
+/* Read-only configuration, set by user space in .rodata before load. */
+struct ht_config {
+	__u32 self_tgid;    /* the tracer itself is never traced */
+	__u32 filter_tgids; /* 1: only tgids present in the target_tgids map */
+	__u32 filter_ports; /* 1: only connections with a local or remote port in target_ports */
+	__u32 filter_comm;  /* 1: only processes whose comm equals comm */
+	__u64 max_copy;     /* payload bytes copied per syscall; the rest is reported as not_copied */
+	char comm[HT_COMM_LEN];
+};
+
+#endif

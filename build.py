@@ -1,0 +1,146 @@
+"""Build step: compile the eBPF objects and the cffi binding to libbpf.
+
+    python build.py          # in place, for development: httptrace/bpf/*.bpf.o and httptrace/_libbpf*.so
+    pip install . / pip wheel .   # setup.py runs the same two steps through setuptools
+
+The eBPF objects are CO-RE: compiled once here against vmlinux/x86/vmlinux.h, relocated by libbpf
+against the running kernel's BTF at load time. No host needs clang or kernel headers at run time.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+from cffi import FFI
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+BPF_SOURCES = sorted(glob.glob(os.path.join(ROOT, "bpf", "*.bpf.c")))
+BPF_OUT_DIR = os.path.join(ROOT, "httptrace", "bpf")
+
+
+def find_clang() -> str:
+    for name in (os.environ.get("CLANG", ""), "clang-16", "clang"):
+        if name and shutil.which(name):
+            return name
+    sys.exit("build.py: clang not found (apt-get install clang-16, or set CLANG=)")
+
+
+def compile_bpf(out_dir: str = BPF_OUT_DIR) -> list[str]:
+    """bpf/*.bpf.c -> <out_dir>/*.bpf.o; returns the objects written."""
+    clang = find_clang()
+    os.makedirs(out_dir, exist_ok=True)
+    objects = []
+    for source in BPF_SOURCES:
+        obj = os.path.join(out_dir, os.path.basename(source)[: -len(".c")] + ".o")
+        cmd = [clang, "-target", "bpf", "-g", "-O2", "-D__TARGET_ARCH_x86", "-Wall", "-Werror",
+               "-I", os.path.join(ROOT, "vmlinux", "x86"), "-I", os.path.join(ROOT, "bpf"),
+               "-c", source, "-o", obj]
+        subprocess.run(cmd, check=True)
+        objects.append(obj)
+    return objects
+
+
+# ---- the cffi out-of-line API module httptrace._libbpf --------------------------------------------
+# Only what the loader uses. Reads like a header: types, then functions, then the two callbacks that
+# come back into Python (libbpf's log and the ring-buffer sample).
+
+CDEF = r"""
+/* types: opaque libbpf handles */
+struct bpf_object;
+struct bpf_program;
+struct bpf_map;
+struct bpf_link;
+struct ring_buffer;
+typedef int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size);
+
+enum libbpf_print_level { LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG };
+
+/* object; the options struct is partial: cffi fills in its real layout from libbpf.h */
+struct bpf_object_open_opts { size_t sz; const char *btf_custom_path; ...; };
+struct bpf_object *bpf_object__open_file(const char *path, const struct bpf_object_open_opts *opts);
+int bpf_object__load(struct bpf_object *obj);
+void bpf_object__close(struct bpf_object *obj);
+struct bpf_program *bpf_object__next_program(const struct bpf_object *obj, struct bpf_program *prog);
+struct bpf_map *bpf_object__find_map_by_name(const struct bpf_object *obj, const char *name);
+
+/* programs and links */
+const char *bpf_program__name(const struct bpf_program *prog);
+const char *bpf_program__section_name(const struct bpf_program *prog);
+struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
+int bpf_link__destroy(struct bpf_link *link);
+
+/* maps */
+int bpf_map__fd(const struct bpf_map *map);
+int bpf_map__set_max_entries(struct bpf_map *map, uint32_t max_entries);
+int bpf_map__set_initial_value(struct bpf_map *map, const void *data, size_t size);
+const void *bpf_map__initial_value(struct bpf_map *map, size_t *psize);
+int bpf_map_lookup_elem(int fd, const void *key, void *value);
+int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags);
+int bpf_map_delete_elem(int fd, const void *key);
+int bpf_map_get_next_key(int fd, const void *key, void *next_key);
+
+/* ring buffer */
+struct ring_buffer *ring_buffer__new(int map_fd, ring_buffer_sample_fn sample_cb, void *ctx, const void *opts);
+int ring_buffer__poll(struct ring_buffer *rb, int timeout_ms);
+int ring_buffer__consume(struct ring_buffer *rb);
+int ring_buffer__epoll_fd(const struct ring_buffer *rb);
+void ring_buffer__free(struct ring_buffer *rb);
+
+/* probes and errors */
+int libbpf_probe_bpf_map_type(int map_type, const void *opts);
+int libbpf_probe_bpf_helper(int prog_type, int helper_id, const void *opts);
+int libbpf_num_possible_cpus(void);
+int libbpf_strerror(int err, char *buf, size_t size);
+
+/* callbacks into Python (see the C source below) */
+extern "Python" int httptrace_on_sample(void *ctx, void *data, size_t size);
+extern "Python" void httptrace_on_log(int level, const char *line);
+void httptrace_route_libbpf_log(int max_level);
+"""
+
+# libbpf's print callback takes a va_list, which Python cannot take: format it here, then call Python.
+C_SOURCE = r"""
+#include <stdarg.h>
+#include <stdio.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+
+static void httptrace_on_log(int level, const char *line);
+static int httptrace_max_level = LIBBPF_WARN;
+
+static int httptrace_print(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+    char line[1024];
+    if ((int)level > httptrace_max_level)
+        return 0; /* filtered here: libbpf's debug output is thousands of lines per load */
+    vsnprintf(line, sizeof(line), fmt, args);
+    httptrace_on_log((int)level, line);
+    return 0;
+}
+
+static void httptrace_route_libbpf_log(int max_level)
+{
+    httptrace_max_level = max_level;
+    libbpf_set_print(httptrace_print);
+}
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("httptrace._libbpf", C_SOURCE, libraries=["bpf"])
+
+
+def build_in_place() -> None:
+    compile_bpf()
+    tmp = os.path.join(ROOT, "build", "cffi")
+    so_path = ffibuilder.compile(tmpdir=tmp, verbose=False)
+    target = os.path.join(ROOT, "httptrace", os.path.basename(so_path))
+    shutil.copy2(so_path, target)
+    print(f"built {os.path.relpath(target, ROOT)} and {len(BPF_SOURCES)} eBPF object(s)")
+
+
+if __name__ == "__main__":
+    build_in_place()

@@ -1,0 +1,473 @@
+"""Command line: `httptrace` / `python -m httptrace`.
+
+Parses options, opens the output, runs the Tracer and hands each completed exchange
+through the user-space filters to a writer.  Problems the user can fix end as one line
+on stderr and exit code 2, never a traceback.  Exit codes are listed in docs/cli.md.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import stat
+import sys
+import threading
+import time
+from typing import IO, Any
+
+import structlog
+
+from httptrace.errors import EnvironmentProblem, HttptraceError, LibbpfError
+from httptrace.filters import (
+    ExchangeFilter, FilterSpecError, build_filter, compile_path_regex, parse_methods, parse_statuses,
+)
+from httptrace.output import FORMATS, OutputOptions, httptrace_version, make_writer
+from httptrace.redact import DEFAULT_REDACTED_HEADERS, Redactor
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1      # --check ran and found a problem
+EXIT_ERROR = 2             # bad option, environment problem, unwritable output
+EXIT_INTERRUPTED = 130     # Ctrl-C before capture started, or a second Ctrl-C
+
+TASK_COMM_LEN = 16         # the kernel keeps 15 characters of a command name
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+log = structlog.get_logger("httptrace.cli")
+
+EXAMPLES = """\
+examples:
+  httptrace                                   every HTTP/1.x exchange on the host
+  httptrace --port 8080 -v                    traffic on port 8080, with headers
+  httptrace --comm nginx --status 5xx         nginx's server errors
+  httptrace --pid 4242 --min-latency 500      requests of one process slower than 500 ms
+  httptrace --path '^/api/' --method POST -vv POST bodies to /api/...
+  httptrace --format json -c 100 | jq .       100 exchanges as JSON Lines
+  httptrace --format har -o capture.har --duration 60
+                                              one minute of traffic for browser devtools
+  httptrace --check                           can this host run httptrace?
+
+Authorization, Proxy-Authorization, Cookie and Set-Cookie values are redacted
+unless --no-redact.  Needs root (or CAP_BPF + CAP_PERFMON) and a kernel with BTF.
+Exit status: 0 ok, 1 --check found a problem, 2 usage or environment error,
+130 interrupted before capture started.
+"""
+
+
+# --- option parsing ---------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, with the way out, instead of usage + error
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_in(low: int, high: int | None, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{what} must be {bound}, not {value}")
+        return value
+    return parse
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", re.IGNORECASE)
+_SIZE_FACTORS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """"4096", "64K", "8M", "1GiB" -> bytes (binary multiples)."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (use bytes or a K/M/G suffix, e.g. 64K)")
+    return int(match.group(1)) * _SIZE_FACTORS[match.group(2).lower()]
+
+
+def _ring_buffer_size(text: str) -> int:
+    size = parse_size(text)
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"ring buffer size must be positive, not {text!r}")
+    return size   # the Tracer rounds it up to a power-of-two number of pages
+
+
+def _positive_number(what: str, allow_zero: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
+        if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, not {text!r}")
+        return value
+    return parse
+
+
+def _checked(validate):
+    """Run a filters.py parser for validation but keep the user's text."""
+    def parse(text: str) -> str:
+        try:
+            validate(text)
+        except FilterSpecError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="httptrace",
+        description="Capture HTTP/1.x exchanges of processes on this host with eBPF, "
+                    "without touching the traffic.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    capture = parser.add_argument_group("what to capture (applied in the kernel)")
+    capture.add_argument("--pid", action="append", type=_int_in(1, None, "--pid"), metavar="PID",
+                         help="only this process (repeatable)")
+    capture.add_argument("--comm", metavar="NAME",
+                         help="only processes with this command name (as in ps -o comm; 15 characters max)")
+    capture.add_argument("--port", action="append", type=_int_in(1, 65535, "--port"), metavar="PORT",
+                         help="only connections with this local or remote port (repeatable)")
+    capture.add_argument("--no-tls", dest="tls", action="store_false",
+                         help="do not hook TLS libraries; plaintext sockets only")
+    capture.add_argument("--max-body", type=parse_size, metavar="BYTES",
+                         help="capture at most this much of each body, e.g. 64K (default 16M); "
+                              "longer bodies are flagged truncated")
+    capture.add_argument("--ring-buffer-size", type=_ring_buffer_size, metavar="BYTES",
+                         help="kernel-to-user ring buffer size, e.g. 64M (default 32M, rounded up "
+                              "to a power of two); raise it if the summary reports drops")
+
+    select = parser.add_argument_group("which exchanges to show")
+    select.add_argument("--method", action="append", type=_checked(lambda t: parse_methods([t])),
+                        metavar="METHOD", help="request method, e.g. GET (repeatable or comma list)")
+    select.add_argument("--path", type=_checked(compile_path_regex), metavar="REGEX",
+                        help="regular expression searched in the request target (path and query)")
+    select.add_argument("--status", action="append", type=_checked(lambda t: parse_statuses([t])),
+                        metavar="STATUS", help="response status: 404, 5xx (repeatable or comma list)")
+    select.add_argument("--min-latency", type=_positive_number("--min-latency", allow_zero=True),
+                        metavar="MS", help="only exchanges that took at least this many milliseconds")
+    select.add_argument("--role", choices=("client", "server"),
+                        help="only exchanges where the traced process is the client or the server")
+    select.add_argument("-c", "--count", type=_int_in(1, None, "--count"), metavar="N",
+                        help="stop after showing N exchanges")
+    select.add_argument("--duration", type=_positive_number("--duration"), metavar="SECONDS",
+                        help="stop after this many seconds")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--format", choices=FORMATS,
+                        help="text (default), json (JSON Lines) or har (HAR 1.2); "
+                             "with -o FILE.har or FILE.jsonl the suffix picks the default")
+    output.add_argument("-o", "--output", metavar="FILE",
+                        help="write to FILE (created mode 0600) instead of standard output")
+    output.add_argument("-v", "--verbose", action="count", default=0,
+                        help="text: -v adds headers, -vv adds bodies")
+    output.add_argument("--no-body", dest="include_bodies", action="store_false",
+                        help="leave bodies out of every format (sizes are kept)")
+    output.add_argument("--redact", action="append", default=[], metavar="HEADER",
+                        help="also redact this header's value (repeatable); "
+                             f"always redacted: {', '.join(DEFAULT_REDACTED_HEADERS)}")
+    output.add_argument("--no-redact", action="store_true",
+                        help="show credentials in headers as captured (prints a warning)")
+
+    misc = parser.add_argument_group("diagnostics")
+    misc.add_argument("--check", action="store_true",
+                      help="check that this host can run httptrace, then exit")
+    misc.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                      help="diagnostics on stderr (default info)")
+    misc.add_argument("--version", action="version", version=f"%(prog)s {httptrace_version()}")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.format is None:
+        args.format = infer_format(args.output)
+    return args
+
+
+def infer_format(output: str | None) -> str:
+    if output:
+        lowered = output.lower()
+        if lowered.endswith(".har"):
+            return "har"
+        if lowered.endswith((".jsonl", ".ndjson")):
+            return "json"
+    return "text"
+
+
+def exchange_filter_from_args(args: argparse.Namespace) -> ExchangeFilter:
+    return build_filter(methods=args.method or (), path=args.path, statuses=args.status or (),
+                        min_latency_ms=args.min_latency, role=args.role)
+
+
+# --- logging ----------------------------------------------------------------------
+
+def _isatty(stream: IO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def configure_logging(level: str = "info", stream: IO[str] | None = None) -> None:
+    """structlog to `stream` (stderr by default): readable on a terminal, JSON otherwise."""
+    stream = stream if stream is not None else sys.stderr
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if _isatty(stream):
+        processors.append(structlog.dev.ConsoleRenderer(colors="NO_COLOR" not in os.environ))
+    else:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+# --- seams for tests: everything that needs root or compiled code -----------------
+
+def _open_tracer(**kwargs: Any):
+    """The Tracer, imported late so --help and --version work without the compiled module."""
+    from httptrace.tracer import Tracer
+    return Tracer(**kwargs)
+
+
+def _run_checks() -> list:
+    from httptrace.checks import run_checks
+    return run_checks()
+
+
+# --- output file ------------------------------------------------------------------
+
+def open_output(path: str | None, binary: bool) -> tuple[IO, bool]:
+    """(stream, whether we own it).  Files are created 0600 and an existing file is
+    narrowed to 0600 before anything is written: captures hold other people's data."""
+    if path is None or path == "-":
+        return (sys.stdout.buffer if binary else sys.stdout), False
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):   # never chmod a tty or /dev/null
+            os.fchmod(fd, 0o600)
+        if binary:
+            return os.fdopen(fd, "wb"), True
+        return os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n"), True
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# --- the capture loop -------------------------------------------------------------
+
+# Shown first in the summary, in this order; other keys from stats() follow sorted.
+_SUMMARY_KEYS = ("exchanges", "bytes", "connections", "drops", "gaps", "truncated", "parse_errors", "events")
+
+
+def fail(problem: str, fix: str = "") -> int:
+    """The one line a user sees for a problem they can fix."""
+    print(f"httptrace: error: {problem}" + (f" ({fix})" if fix else ""), file=sys.stderr, flush=True)
+    return EXIT_ERROR
+
+
+class CaptureRun:
+    """One capture: counts what was shown, stops on signals/count/duration, summarises."""
+
+    def __init__(self, tracer, writer, exchange_filter: ExchangeFilter, count: int | None,
+                 duration: float | None, summary_stream: IO[str]):
+        self.tracer = tracer
+        self.writer = writer
+        self.keep = exchange_filter
+        self.count = count
+        self.duration = duration
+        self.summary_stream = summary_stream
+        self.shown = 0
+        self.stopping = False
+        self.started = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.tracer.stop()
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        if self.stopping:   # a second Ctrl-C: the user does not want to wait for a clean stop
+            raise KeyboardInterrupt
+        self.stop()
+
+    def _on_summary_signal(self, signum, frame) -> None:
+        try:
+            self.print_summary()
+        except (RuntimeError, OSError):   # re-entrant write on stderr: skip this one
+            pass
+
+    def summary_line(self) -> str:
+        try:
+            stats = dict(self.tracer.stats())
+        except Exception as exc:  # the summary must not hide the real exit reason
+            log.debug("tracer stats unavailable", error=str(exc))
+            stats = {}
+        keys = [k for k in _SUMMARY_KEYS if k in stats] + sorted(k for k in stats if k not in _SUMMARY_KEYS)
+        fields = [f"shown={self.shown}", *(f"{k}={stats[k]}" for k in keys),
+                  f"elapsed={time.monotonic() - self.started:.1f}s"]
+        return "httptrace summary: " + " ".join(fields)
+
+    def print_summary(self) -> None:
+        print(self.summary_line(), file=self.summary_stream, flush=True)
+
+    def run(self) -> int:
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = {}
+        if in_main_thread:
+            for signum, handler in ((signal.SIGINT, self._on_stop_signal),
+                                    (signal.SIGTERM, self._on_stop_signal),
+                                    (signal.SIGUSR1, self._on_summary_signal)):
+                previous[signum] = signal.signal(signum, handler)
+        timer = None
+        if self.duration:
+            timer = threading.Timer(self.duration, self.stop)
+            timer.daemon = True
+            timer.start()
+        status = EXIT_OK
+        try:
+            for exchange in self.tracer.exchanges():
+                if not self.keep(exchange):
+                    continue
+                self.writer.write(exchange)
+                self.shown += 1
+                if self.count is not None and self.shown >= self.count:
+                    break
+        except BrokenPipeError:   # `httptrace | head`: the reader is gone, stop quietly
+            _silence_stdout()
+        except OSError as exc:
+            status = fail(f"cannot write output: {exc.strerror or exc}", "check free space and the -o path")
+        finally:
+            self.stopping = True
+            self.tracer.stop()
+            if timer is not None:
+                timer.cancel()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.print_summary()
+        stats = _safe_stats(self.tracer)
+        if stats.get("drops"):
+            log.warning("events were dropped: some exchanges are missing or flagged 'gap'",
+                        drops=stats["drops"], fix="raise --ring-buffer-size or narrow with --pid/--port")
+        return status
+
+
+def _safe_stats(tracer) -> dict:
+    try:
+        return dict(tracer.stats())
+    except Exception:
+        return {}
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def run_check_command(out: IO[str]) -> int:
+    try:
+        results = _run_checks()
+    except ImportError as exc:
+        return fail(f"environment checks are unavailable: {exc}", "reinstall httptrace")
+    except HttptraceError as exc:
+        return fail(str(exc))
+    failed = 0
+    for result in results:
+        failed += not result.ok
+        fix = getattr(result, "fix", "")
+        line = f"{'ok  ' if result.ok else 'FAIL'} {result.name}: {result.detail}"
+        print(line + (f" ({fix})" if fix and not result.ok else ""), file=out)
+    print(f"{len(results) - failed}/{len(results)} checks passed", file=out, flush=True)
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+def _describe_error(exc: HttptraceError) -> tuple[str, str]:
+    if isinstance(exc, EnvironmentProblem):
+        return exc.problem, exc.fix
+    if isinstance(exc, LibbpfError):
+        return str(exc), "run httptrace --check for details"
+    return str(exc), ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("httptrace: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:   # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    configure_logging(args.log_level, sys.stderr)
+
+    if args.check:
+        return run_check_command(sys.stdout)
+
+    try:
+        exchange_filter = exchange_filter_from_args(args)
+    except FilterSpecError as exc:   # already validated by argparse; kept as a safety net
+        return fail(str(exc), "see httptrace --help")
+
+    if args.no_redact:
+        log.warning("redaction disabled: credentials in headers will be written as captured",
+                    headers=", ".join(DEFAULT_REDACTED_HEADERS + tuple(args.redact)))
+    redactor = Redactor(args.redact, enabled=not args.no_redact)
+
+    comm = args.comm
+    if comm is not None and len(comm) >= TASK_COMM_LEN:
+        comm = comm[:TASK_COMM_LEN - 1]
+        log.warning("--comm longer than the kernel keeps; matching the first 15 characters", comm=comm)
+
+    binary = args.format == "har"
+    try:
+        stream, owned = open_output(args.output, binary)
+    except OSError as exc:
+        return fail(f"cannot open output file {args.output!r}: {exc.strerror or exc}",
+                    "choose a writable path with -o")
+    if not owned and not binary and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="backslashreplace")   # header bytes are latin-1, the terminal may not be
+    color = (args.format == "text" and not owned and _isatty(stream) and "NO_COLOR" not in os.environ)
+    writer = make_writer(args.format, stream, OutputOptions(
+        redactor=redactor, include_bodies=args.include_bodies, verbosity=args.verbose, color=color))
+
+    try:
+        try:
+            tracer_options: dict[str, Any] = dict(
+                pids=args.pid or None, ports=args.port or None, comm=comm,
+                ring_buffer_size=args.ring_buffer_size, tls=args.tls)
+            if args.max_body is not None:   # otherwise the Tracer's own default
+                tracer_options["max_body"] = args.max_body
+            tracer = _open_tracer(**tracer_options)
+            with tracer:
+                log.info("capture started", format=args.format, output=args.output or "stdout",
+                         pids=args.pid, ports=args.port, comm=comm, tls=args.tls)
+                return CaptureRun(tracer, writer, exchange_filter, args.count, args.duration,
+                                  sys.stderr).run()
+        except HttptraceError as exc:
+            return fail(*_describe_error(exc))
+    finally:
+        try:
+            writer.close()
+        except OSError:
+            pass
+        if owned:
+            stream.close()

@@ -1,0 +1,93 @@
+"""The data model every stage after the reassembler speaks: one HTTP exchange.
+
+Pure data (frozen dataclasses); no parsing and no I/O here.  The reassembler
+(`sessions.py`) builds these; the outputs (`output/`) and the CLI filters read them.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Role(str, enum.Enum):
+    """Which side of the connection the traced process is."""
+
+    CLIENT = "client"
+    SERVER = "server"
+    UNKNOWN = "unknown"
+
+
+class Flag(str, enum.Enum):
+    """Why an exchange is not a perfect copy of what crossed the socket."""
+
+    GAP = "gap"                    # ring-buffer events were lost inside this exchange
+    TRUNCATED = "truncated"        # a body was cut by the capture cap (kernel or reassembler)
+    INCOMPLETE = "incomplete"      # no (complete) response: idle expiry, close or tracer exit
+    PARSE_ERROR = "parse_error"    # malformed bytes were skipped before or inside it
+    NOT_VISIBLE = "not_visible"    # body bytes sent with sendfile(): size known, bytes not seen
+    MID_STREAM = "mid_stream"      # connection was already open when the tracer attached
+    UPGRADED = "upgraded"          # 101 Switching Protocols / CONNECT: the connection went opaque
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str        # textual address: "127.0.0.1", "::1", "::ffff:10.0.0.1"
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """A traced socket, as the kernel described it in its open event."""
+
+    pid: int                 # tgid of the traced process
+    fd: int
+    tsid: int                # kernel ns timestamp at first sight: makes (pid, fd) reuse unique
+    comm: str
+    local: Endpoint | None   # None when the open event was lost
+    remote: Endpoint | None
+    role: Role               # who sent the request (client) or received it (server)
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One request or response: start line, headers and body, with capture facts."""
+
+    version: str                          # "HTTP/1.1"
+    headers: tuple[tuple[str, str], ...]  # in wire order, repeats kept; latin-1 decoded
+    body: bytes                           # raw body after de-chunking (not content-decoded)
+    body_size: int                        # body length on the wire after de-chunking, even if `body` was cut
+    truncated: bool                       # `body` holds fewer than `body_size` bytes
+    first_byte_ns: int                    # wall-clock ns (time.time_ns scale) of the first byte seen
+    last_byte_ns: int                     # wall-clock ns of the last byte seen
+    # request-only / response-only start-line fields; the others stay None
+    method: str | None = None
+    target: str | None = None
+    status: int | None = None
+    reason: str | None = None
+    trailers: tuple[tuple[str, str], ...] = ()
+
+    def header(self, name: str) -> str | None:
+        """First value of a header, case-insensitively."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """A request paired with its response (None when it never came)."""
+
+    connection: Connection
+    request: Message
+    response: Message | None
+    flags: frozenset[Flag] = field(default_factory=frozenset)
+
+    @property
+    def latency_ns(self) -> int | None:
+        """Request's first byte to response's last byte: what nginx logs as $request_time."""
+        if self.response is None:
+            return None
+        return max(0, self.response.last_byte_ns - self.request.first_byte_ns)

@@ -1,0 +1,269 @@
+"""Thin wrapper over the cffi module httptrace._libbpf: libbpf's calls as Python objects.
+
+Every failure becomes a LibbpfError naming the step, errno and libbpf's message; libbpf's own log goes
+to structlog. Objects, links and ring buffers are context managers and close exactly once.
+"""
+from __future__ import annotations
+
+import errno as errno_names
+import os
+from typing import Callable, Iterator
+
+import structlog
+
+from ._libbpf import ffi, lib
+from .errors import LibbpfError
+
+log = structlog.get_logger("httptrace.libbpf")
+
+BPF_MAP_TYPE_RINGBUF = 27
+
+
+# ---- libbpf's log -> structlog ------------------------------------------------------------------
+
+_LEVELS = {0: "warning", 1: "info", 2: "debug"}
+_log_lines: list[str] = []  # warnings of the current load, quoted in the error if it fails
+
+
+@ffi.def_extern()
+def httptrace_on_log(level, line):
+    text = ffi.string(line).decode(errors="replace").rstrip()
+    if not text:
+        return
+    if level == 0:
+        _log_lines.append(text)
+    getattr(log, _LEVELS.get(level, "debug"))("libbpf", line=text)
+
+
+def set_libbpf_log_level(level: str) -> None:
+    """Which of libbpf's own lines reach structlog: 'warning' (default), 'info' or 'debug'."""
+    lib.httptrace_route_libbpf_log({"warning": 0, "info": 1, "debug": 2}.get(level, 0))
+
+
+set_libbpf_log_level("warning")
+
+
+def _error(step: str, err: int) -> LibbpfError:
+    err = abs(err) or ffi.errno or errno_names.EINVAL
+    buf = ffi.new("char[]", 256)
+    lib.libbpf_strerror(err, buf, 256)
+    message = ffi.string(buf).decode(errors="replace")
+    return LibbpfError(step, err, message)
+
+
+def _check(step: str, rc: int) -> int:
+    if rc < 0:
+        raise _error(step, rc)
+    return rc
+
+
+# ---- maps ---------------------------------------------------------------------------------------
+
+class Map:
+    """A map of a loaded object, addressed by fd; keys and values are bytes (or ctypes objects)."""
+
+    def __init__(self, handle, name: str):
+        self._handle = handle
+        self.name = name
+
+    @property
+    def fd(self) -> int:
+        return _check(f"get fd of map {self.name}", lib.bpf_map__fd(self._handle))
+
+    def set_max_entries(self, n: int) -> None:
+        _check(f"resize map {self.name}", lib.bpf_map__set_max_entries(self._handle, n))
+
+    def set_initial_value(self, data: bytes) -> None:
+        _check(f"set initial value of map {self.name}",
+               lib.bpf_map__set_initial_value(self._handle, data, len(data)))
+
+    def initial_value_size(self) -> int:
+        size = ffi.new("size_t *")
+        if lib.bpf_map__initial_value(self._handle, size) == ffi.NULL:
+            raise _error(f"read initial value of map {self.name}", 0)
+        return size[0]
+
+    def lookup(self, key: bytes, value_size: int) -> bytes | None:
+        value = ffi.new("char[]", value_size)
+        if lib.bpf_map_lookup_elem(self.fd, key, value) < 0:
+            if ffi.errno == errno_names.ENOENT:
+                return None
+            raise _error(f"look up in map {self.name}", 0)
+        return ffi.buffer(value, value_size)[:]
+
+    def update(self, key: bytes, value: bytes) -> None:
+        _check(f"update map {self.name}", lib.bpf_map_update_elem(self.fd, key, value, 0))
+
+    def delete(self, key: bytes) -> bool:
+        if lib.bpf_map_delete_elem(self.fd, key) < 0:
+            if ffi.errno == errno_names.ENOENT:
+                return False
+            raise _error(f"delete from map {self.name}", 0)
+        return True
+
+    def keys(self, key_size: int) -> Iterator[bytes]:
+        fd = self.fd
+        key = ffi.NULL
+        nxt = ffi.new("char[]", key_size)
+        while lib.bpf_map_get_next_key(fd, key, nxt) == 0:
+            current = ffi.buffer(nxt, key_size)[:]
+            yield current
+            key = ffi.new("char[]", current)
+
+
+# ---- programs and links -------------------------------------------------------------------------
+
+class Link:
+    def __init__(self, handle, program: str):
+        self._handle = handle
+        self.program = program
+
+    def destroy(self) -> None:
+        if self._handle is not None:
+            lib.bpf_link__destroy(self._handle)
+            self._handle = None
+
+
+class Program:
+    def __init__(self, handle):
+        self._handle = handle
+        self.name = ffi.string(lib.bpf_program__name(handle)).decode()
+        self.section = ffi.string(lib.bpf_program__section_name(handle)).decode()
+
+    def attach(self) -> Link:
+        link = lib.bpf_program__attach(self._handle)
+        if link == ffi.NULL:
+            raise _error(f"attach program {self.name} ({self.section})", 0)
+        return Link(link, self.name)
+
+
+# ---- objects ------------------------------------------------------------------------------------
+
+class BpfObject:
+    """An eBPF object file: open, configure maps, load, attach every program; close undoes it all."""
+
+    def __init__(self, path: str, btf_path: str | None = None):
+        """btf_path: kernel BTF to relocate against, when not the running kernel's /sys/kernel/btf/vmlinux."""
+        self.path = path
+        self.links: list[Link] = []
+        self._handle = None
+        if not os.path.exists(path):
+            raise LibbpfError(f"open BPF object {path}", errno_names.ENOENT, "no such file")
+        opts = ffi.new("struct bpf_object_open_opts *")
+        opts.sz = ffi.sizeof("struct bpf_object_open_opts")
+        keep_alive = ffi.new("char[]", btf_path.encode()) if btf_path else ffi.NULL
+        opts.btf_custom_path = keep_alive
+        self._handle = lib.bpf_object__open_file(path.encode(), opts)
+        if self._handle == ffi.NULL:
+            self._handle = None
+            raise _error(f"open BPF object {path}", 0)
+
+    def map(self, name: str) -> Map:
+        handle = lib.bpf_object__find_map_by_name(self._handle, name.encode())
+        if handle == ffi.NULL:
+            raise LibbpfError(f"find map {name} in {self.path}", errno_names.ENOENT, "no such map")
+        return Map(handle, name)
+
+    def rodata(self) -> Map:
+        """The .rodata map holding `const volatile` globals (libbpf names it '<obj[:8]>.rodata')."""
+        stem = os.path.basename(self.path).split(".")[0][:8]
+        return self.map(f"{stem}.rodata")
+
+    def programs(self) -> list[Program]:
+        programs, prog = [], ffi.NULL
+        while True:
+            prog = lib.bpf_object__next_program(self._handle, prog)
+            if prog == ffi.NULL:
+                return programs
+            programs.append(Program(prog))
+
+    def load(self) -> None:
+        _log_lines.clear()
+        rc = lib.bpf_object__load(self._handle)
+        if rc < 0:
+            err = _error(f"load {os.path.basename(self.path)}", rc)
+            # The verifier's last words say why; keep them with the error.
+            err.verifier_log = list(_log_lines)
+            raise err
+
+    def attach_all(self) -> list[Link]:
+        for program in self.programs():
+            self.links.append(program.attach())
+        return self.links
+
+    def close(self) -> None:
+        for link in reversed(self.links):
+            link.destroy()
+        self.links.clear()
+        if self._handle is not None:
+            lib.bpf_object__close(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- ring buffer --------------------------------------------------------------------------------
+
+SampleCallback = Callable[[object, int], None]  # (cffi void* data, size)
+
+
+@ffi.def_extern()
+def httptrace_on_sample(ctx, data, size):
+    ring = ffi.from_handle(ctx)
+    try:
+        ring.callback(data, size)
+        return 0
+    except BaseException as exc:  # re-raised by poll(): never lose an error inside libbpf's loop
+        ring.pending_error = exc
+        return -1
+
+
+class RingBuffer:
+    """Drains one BPF_MAP_TYPE_RINGBUF map; `callback(data, size)` gets each sample's raw pointer."""
+
+    def __init__(self, ring_map: Map, callback: SampleCallback):
+        self.callback = callback
+        self.pending_error: BaseException | None = None
+        self._self_handle = ffi.new_handle(self)
+        self._handle = lib.ring_buffer__new(ring_map.fd, lib.httptrace_on_sample, self._self_handle, ffi.NULL)
+        if self._handle == ffi.NULL:
+            self._handle = None
+            raise _error("create ring buffer", 0)
+
+    def _raise_pending(self, rc: int, step: str) -> int:
+        if self.pending_error is not None:
+            exc, self.pending_error = self.pending_error, None
+            raise exc
+        if rc < 0 and rc != -errno_names.EINTR:  # a signal is a clean wake-up, not a failure
+            raise _error(step, rc)
+        return max(rc, 0)
+
+    def poll(self, timeout_ms: int) -> int:
+        """Wait up to timeout_ms for data, then consume what is there; returns events handled."""
+        return self._raise_pending(lib.ring_buffer__poll(self._handle, timeout_ms), "poll ring buffer")
+
+    def consume(self) -> int:
+        return self._raise_pending(lib.ring_buffer__consume(self._handle), "consume ring buffer")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            lib.ring_buffer__free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> "RingBuffer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def num_possible_cpus() -> int:
+    return _check("count possible CPUs", lib.libbpf_num_possible_cpus())
+
+
+def ring_buffer_supported() -> bool:
+    return lib.libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, ffi.NULL) == 1

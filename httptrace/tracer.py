@@ -1,0 +1,262 @@
+"""The public API: attach the kernel agent, drain its ring buffer, hand on events or exchanges.
+
+    from httptrace import Tracer
+    with Tracer(ports=[8080]) as tracer:
+        for exchange in tracer.exchanges():
+            print(exchange.request.method, exchange.request.target, exchange.response.status)
+
+Only this module and libbpf.py need privileges; everything after the ring buffer is pure Python.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import time
+from typing import Iterable, Iterator
+
+import structlog
+
+from . import checks, events
+from .events import DataFlags, Direction, EventType, RoleHint
+from .exchange import Connection, Endpoint, Exchange, Role
+from .libbpf import BpfObject, RingBuffer, num_possible_cpus
+
+log = structlog.get_logger("httptrace.tracer")
+
+DEFAULT_RING_BUFFER_SIZE = 32 << 20
+DEFAULT_MAX_BODY = 16 << 20
+HEADER_ROOM = 64 << 10     # the kernel copies max_body plus this, so a cut body keeps its headers
+POLL_MS = 100              # stop() is noticed within this
+SWEEP_EVERY_S = 2.0        # forget connections of processes that exited without close()
+
+_ROLE_OF_HINT = {RoleHint.UNKNOWN: Role.UNKNOWN, RoleHint.SERVER: Role.SERVER, RoleHint.CLIENT: Role.CLIENT}
+_U64 = struct.Struct("<Q")
+
+
+def _monotonic_to_wall_offset() -> int:
+    """bpf_ktime_get_ns() is CLOCK_MONOTONIC; add this to get time.time_ns() scale. Taken once per run."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+class Tracer:
+    """Attaches httptrace's eBPF programs for its lifetime. Use as a context manager."""
+
+    def __init__(self, *, pids: Iterable[int] | None = None, ports: Iterable[int] | None = None,
+                 comm: str | None = None, max_body: int = DEFAULT_MAX_BODY,
+                 ring_buffer_size: int | None = None, tls: bool = True):
+        self.pids = sorted(set(pids or ()))
+        self.ports = sorted(set(ports or ()))
+        self.comm = comm
+        self.max_body = max_body
+        self.ring_buffer_size = _ring_size(ring_buffer_size or DEFAULT_RING_BUFFER_SIZE)
+        self.tls = tls  # TLS capture is not implemented yet: the flag is accepted and ignored
+        self._object: BpfObject | None = None
+        self._ring: RingBuffer | None = None
+        self._stopping = False
+        self._offset_ns = 0
+        self._pending: list = []  # decoded events, when iterating events()
+        self._reassembler = None  # a sessions.Reassembler while exchanges() runs
+        self._counts = {"events": 0, "bytes": 0}
+        self._last_drops = 0
+        self._ncpus = 1
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> "Tracer":
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> None:
+        checks.require_environment()
+        started = time.monotonic()
+        path = checks.object_path()
+        btf = checks.btf_path()
+        self._object = obj = BpfObject(path, btf_path=None if btf == checks.DEFAULT_BTF else btf)
+        obj.rodata().set_initial_value(bytes(self._config()))
+        self._ncpus = num_possible_cpus()
+        obj.map("scratch").set_max_entries(self._ncpus)
+        obj.map("events").set_max_entries(self.ring_buffer_size)
+        obj.load()
+        for pid in self.pids:
+            obj.map("target_tgids").update(struct.pack("<I", pid), b"\x01")
+        for port in self.ports:
+            obj.map("target_ports").update(struct.pack("<H", port), b"\x01")
+        self._offset_ns = _monotonic_to_wall_offset()
+        self._ring = RingBuffer(obj.map("events"), self._on_sample)
+        obj.attach_all()
+        log.info("attached", programs=len(obj.links), seconds=round(time.monotonic() - started, 3),
+                 pids=self.pids or "all", ports=self.ports or "all", comm=self.comm or "all")
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._object is not None:
+            self._object.close()
+            self._object = None
+
+    def stop(self) -> None:
+        """Ask events()/exchanges() to return; safe from a signal handler or another thread."""
+        self._stopping = True
+
+    @property
+    def attached_programs(self) -> list[str]:
+        return [link.program for link in self._object.links] if self._object else []
+
+    def _config(self) -> events.Config:
+        config = events.Config()
+        config.self_tgid = os.getpid()
+        config.filter_tgids = int(bool(self.pids))
+        config.filter_ports = int(bool(self.ports))
+        config.filter_comm = int(bool(self.comm))
+        config.comm = (self.comm or "").encode()[: events.COMM_LEN - 1]
+        config.max_copy = self.max_body + HEADER_ROOM
+        return config
+
+    # ---- the ring buffer ------------------------------------------------------------------------
+
+    def _on_sample(self, data, size: int) -> None:
+        """Called by libbpf for each event; decodes it and hands it to the current sink."""
+        from ._libbpf import ffi
+
+        raw = ffi.buffer(data, size)
+        kind = ctypes.c_uint32.from_buffer(raw).value
+        self._counts["events"] += 1
+        if kind == EventType.DATA:
+            head = events.DataEventHead.from_buffer(raw)
+            payload = raw[events.DATA_OFFSET: events.DATA_OFFSET + head.len]
+            self._counts["bytes"] += head.len
+            self._sink_data(head, payload)
+        elif kind == EventType.OPEN:
+            self._sink_open(events.OpenEvent.from_buffer_copy(raw))
+        elif kind == EventType.CLOSE:
+            self._sink_close(events.CloseEvent.from_buffer_copy(raw))
+
+    def _key(self, conn) -> tuple[int, int, int]:
+        return (conn.tgid, conn.fd, conn.tsid)
+
+    def _decode_open(self, ev) -> events.Open:
+        return events.Open(
+            conn=self._key(ev.hdr.conn), ts_ns=ev.hdr.ts_ns + self._offset_ns,
+            comm=ev.comm.decode(errors="replace"),
+            local=(events.address(ev.family, bytes(ev.local_addr)), ev.local_port),
+            remote=(events.address(ev.family, bytes(ev.remote_addr)), ev.remote_port),
+            role_hint=RoleHint(ev.role_hint))
+
+    # Sinks for events(): decoded event objects queued for the iterator.
+    def _queue_open(self, ev) -> None:
+        self._pending.append(self._decode_open(ev))
+
+    def _queue_data(self, head, payload: bytes) -> None:
+        self._pending.append(events.Data(
+            conn=self._key(head.hdr.conn), ts_ns=head.hdr.ts_ns + self._offset_ns,
+            direction=Direction(head.direction), pos=head.pos, payload=payload,
+            not_copied=head.not_copied, flags=DataFlags(head.flags)))
+
+    def _queue_close(self, ev) -> None:
+        self._pending.append(events.Close(conn=self._key(ev.hdr.conn), ts_ns=ev.hdr.ts_ns + self._offset_ns,
+                                          bytes_sent=ev.bytes[0], bytes_received=ev.bytes[1]))
+
+    # Sinks for exchanges(): straight into the reassembler, no event objects in between.
+    def _reassemble_open(self, ev) -> None:
+        opened = self._decode_open(ev)
+        self._reassembler.open(opened.conn, Connection(
+            pid=opened.conn[0], fd=opened.conn[1], tsid=opened.conn[2], comm=opened.comm,
+            local=Endpoint(*opened.local), remote=Endpoint(*opened.remote),
+            role=_ROLE_OF_HINT[opened.role_hint]))
+
+    def _reassemble_data(self, head, payload: bytes) -> None:
+        conn = head.hdr.conn
+        self._reassembler.data((conn.tgid, conn.fd, conn.tsid), head.direction, head.pos, payload,
+                               head.not_copied, head.hdr.ts_ns + self._offset_ns,
+                               not_visible=bool(head.flags & DataFlags.NOT_VISIBLE))
+
+    def _reassemble_close(self, ev) -> None:
+        self._reassembler.close(self._key(ev.hdr.conn), ev.hdr.ts_ns + self._offset_ns)
+
+    # ---- iteration ------------------------------------------------------------------------------
+
+    def events(self) -> Iterator[events.Open | events.Data | events.Close]:
+        """Raw connection and payload events, in ring-buffer order, until stop()."""
+        self._sink_open, self._sink_data, self._sink_close = self._queue_open, self._queue_data, self._queue_close
+        for _ in self._pump():
+            pending, self._pending = self._pending, []
+            yield from pending
+
+    def exchanges(self) -> Iterator[Exchange]:
+        """Complete HTTP exchanges as they finish, until stop(); then whatever is pending, as incomplete."""
+        from .sessions import Reassembler
+
+        self._reassembler = Reassembler(max_body=self.max_body)
+        self._sink_open, self._sink_data = self._reassemble_open, self._reassemble_data
+        self._sink_close = self._reassemble_close
+        for now_ns in self._pump():
+            self._reassembler.expire(now_ns)
+            yield from self._reassembler.drain()
+        self._reassembler.flush(time.time_ns())
+        yield from self._reassembler.drain()
+
+    def _pump(self) -> Iterator[int]:
+        """Poll the ring buffer until stop(); yields the wall time after each wake-up."""
+        if self._ring is None:
+            raise RuntimeError("Tracer is not started: use it as a context manager")
+        self._stopping = False
+        next_sweep = time.monotonic() + SWEEP_EVERY_S
+        while not self._stopping:
+            self._ring.poll(POLL_MS)
+            yield time.time_ns()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_EVERY_S
+                self._sweep_dead_processes()
+                self._report_drops()
+        self._ring.consume()
+        yield time.time_ns()
+
+    # ---- housekeeping ---------------------------------------------------------------------------
+
+    def _sweep_dead_processes(self) -> None:
+        """A process that dies closes its sockets without close(): drop its entries from the kernel map."""
+        conns = self._object.map("conns")
+        dead = [key for key in conns.keys(8) if not os.path.exists(f"/proc/{_U64.unpack(key)[0] >> 32}")]
+        for key in dead:
+            conns.delete(key)
+
+    def drops(self) -> dict[str, int]:
+        """Events the kernel could not write to the ring buffer (it was full), by event type."""
+        if self._object is None:
+            return {}
+        drops = self._object.map("drops")
+        totals = {}
+        for kind in EventType:
+            raw = drops.lookup(struct.pack("<I", kind.value), 8 * self._ncpus) or b""
+            totals[kind.name.lower()] = sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
+        return totals
+
+    def _report_drops(self) -> None:
+        total = sum(self.drops().values())
+        if total > self._last_drops:
+            log.warning("ring buffer full: events dropped", dropped=total - self._last_drops, total=total,
+                        hint="raise --ring-buffer-size, or filter with --port/--pid")
+            self._last_drops = total
+
+    def stats(self) -> dict[str, int]:
+        stats = dict(self._counts)
+        stats["drops"] = sum(self.drops().values())
+        if self._reassembler is not None:
+            stats.update(self._reassembler.stats)
+        return stats
+
+
+def _ring_size(size: int) -> int:
+    """The ring buffer must be a power of two multiple of the page size: round up."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    size = max(size, page)
+    return 1 << (size - 1).bit_length()

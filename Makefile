@@ -9,7 +9,6 @@ ARGS ?=
 BUILD_PKGS := clang-16 llvm-16 libbpf-dev libelf-dev zlib1g-dev bpftool gcc pkg-config python3-dev python3-venv
 TEST_PKGS := nginx wrk curl golang-go nodejs iproute2 procps util-linux
 BENCH_PKGS := nginx wrk tcpdump tshark apache2-utils
-WHEEL_PKGS := patchelf
 
 .PHONY: run test test-unit test-e2e bench wheel vmlinux clean sysdeps-build sysdeps-test build
 
@@ -56,10 +55,9 @@ bench: sysdeps-test build
 	$(PY) bench/run.py
 
 wheel: $(VENV)/.installed
-	$(call apt_ensure,$(WHEEL_PKGS))
 	rm -rf dist wheelhouse
 	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist .
-	$(PY) -m auditwheel repair -w wheelhouse dist/httptrace-*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m auditwheel repair -w wheelhouse dist/httptrace-*.whl
 	@ls wheelhouse/
 
 vmlinux:

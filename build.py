@@ -39,6 +39,9 @@ def compile_bpf(out_dir: str = BPF_OUT_DIR) -> list[str]:
                "-I", os.path.join(ROOT, "vmlinux", "x86"), "-I", os.path.join(ROOT, "bpf"),
                "-c", source, "-o", obj]
         subprocess.run(cmd, check=True)
+        strip = shutil.which("llvm-strip-16") or shutil.which("llvm-strip")
+        if strip:  # DWARF is only needed to produce BTF; .BTF and .BTF.ext stay
+            subprocess.run([strip, "-g", obj], check=True)
         objects.append(obj)
     return objects
 

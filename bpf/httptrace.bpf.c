@@ -35,23 +35,7 @@ const volatile struct ht_config ht_cfg = {
 const struct ht_open_event *unused_open_event __attribute__((unused));
 const struct ht_data_event *unused_data_event __attribute__((unused));
 const struct ht_close_event *unused_close_event __attribute__((unused));
-
-enum conn_state {
-	CONN_UNKNOWN = 0,  /* a TCP socket we have not classified yet */
-	CONN_HTTP = 1,     /* its first bytes were an HTTP/1 start line: every byte is reported */
-	CONN_IGNORED = 2,  /* not TCP, not HTTP, or filtered out: one map lookup per syscall from now on */
-};
-
-struct conn_info {
-	struct ht_conn_id id;
-	__u64 pos[2]; /* bytes reported so far per direction, i.e. the next event's pos */
-	__u64 sk;     /* struct sock *, read for addresses when the open event is sent */
-	__u8 state;   /* enum conn_state */
-	__u8 role_hint;
-	__u8 open_sent;
-	__u8 tries;
-	__u32 _pad;
-};
+const struct ht_conn_info *unused_conn_info __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -63,7 +47,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, struct conn_info);
+	__type(value, struct ht_conn_info);
 } conns SEC(".maps");
 
 struct {
@@ -162,16 +146,16 @@ static __always_inline struct sock *tcp_sock_of_fd(int fd)
 
 /* Registers (tgid, fd) as a connection to watch; non-TCP and filtered sockets are cached as ignored so
  * later syscalls on them cost one lookup. */
-static __always_inline struct conn_info *track(__u64 key, __u32 tgid, int fd, __u8 role_hint)
+static __always_inline struct ht_conn_info *track(__u64 key, __u32 tgid, int fd, __u8 role_hint)
 {
-	struct conn_info ci = {};
+	struct ht_conn_info ci = {};
 	struct sock *sk = tcp_sock_of_fd(fd);
 	ci.id.tgid = tgid;
 	ci.id.fd = fd;
 	ci.id.tsid = bpf_ktime_get_ns();
 	ci.sk = (__u64)sk;
 	ci.role_hint = role_hint;
-	ci.state = (sk && port_wanted(sk)) ? CONN_UNKNOWN : CONN_IGNORED;
+	ci.state = (sk && port_wanted(sk)) ? HT_CONN_UNKNOWN : HT_CONN_IGNORED;
 	bpf_map_update_elem(&conns, &key, &ci, BPF_ANY);
 	return bpf_map_lookup_elem(&conns, &key);
 }
@@ -200,7 +184,7 @@ static __always_inline bool is_http_start(const __u8 *b)
 	return b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[5] == '1' && b[6] == '.';
 }
 
-static __always_inline void send_open(struct conn_info *ci)
+static __always_inline void send_open(struct ht_conn_info *ci)
 {
 	struct ht_open_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -305,7 +289,7 @@ static long copy_step(__u32 index, void *unused)
 
 /* Bytes of this syscall that were not copied (cap, more than HT_MAX_IOV segments, sendfile) travel in a
  * payload-less event, so user space can tell truncation from loss. */
-static __always_inline void send_not_copied(struct conn_info *ci, __u8 direction, __u64 pos, __u64 count,
+static __always_inline void send_not_copied(struct ht_conn_info *ci, __u8 direction, __u64 pos, __u64 count,
 					    __u8 flags)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
@@ -334,13 +318,13 @@ static __always_inline int on_data(int fd, long ret, __u64 buf, __u64 iov, __u64
 	if (!process_wanted(tgid))
 		return 0;
 	__u64 key = ((__u64)tgid << 32) | (__u32)fd;
-	struct conn_info *ci = bpf_map_lookup_elem(&conns, &key);
+	struct ht_conn_info *ci = bpf_map_lookup_elem(&conns, &key);
 	if (!ci) {
 		ci = track(key, tgid, fd, HT_ROLE_UNKNOWN);
 		if (!ci)
 			return 0;
 	}
-	if (ci->state == CONN_IGNORED)
+	if (ci->state == HT_CONN_IGNORED)
 		return 0;
 
 	if (iov) {
@@ -349,17 +333,17 @@ static __always_inline int on_data(int fd, long ret, __u64 buf, __u64 iov, __u64
 			return 0;
 		buf = (__u64)first.iov_base;
 	}
-	if (ci->state == CONN_UNKNOWN) {
+	if (ci->state == HT_CONN_UNKNOWN) {
 		__u8 head[8];
 		if (ret < (long)sizeof(head) || bpf_probe_read_user(head, sizeof(head), (void *)buf))
 			return 0;
 		if (!is_http_start(head)) {
 			ci->tries++;
 			if (ci->role_hint != HT_ROLE_UNKNOWN || ci->tries >= MID_STREAM_TRIES)
-				ci->state = CONN_IGNORED;
+				ci->state = HT_CONN_IGNORED;
 			return 0;
 		}
-		ci->state = CONN_HTTP;
+		ci->state = HT_CONN_HTTP;
 	}
 	if (!ci->open_sent)
 		send_open(ci);
@@ -470,8 +454,8 @@ int exit_sendfile(struct trace_event_raw_sys_exit *ctx)
 	struct pt_regs *r = syscall_regs();
 	int out_fd = ARG1(r);
 	__u64 key = ((__u64)tgid << 32) | (__u32)out_fd;
-	struct conn_info *ci = bpf_map_lookup_elem(&conns, &key);
-	if (!ci || ci->state != CONN_HTTP)
+	struct ht_conn_info *ci = bpf_map_lookup_elem(&conns, &key);
+	if (!ci || ci->state != HT_CONN_HTTP)
 		return 0; /* a connection is classified by bytes we can see; sendfile never starts one */
 	send_not_copied(ci, HT_EGRESS, ci->pos[HT_EGRESS], ctx->ret, HT_DATA_NOT_VISIBLE);
 	ci->pos[HT_EGRESS] += ctx->ret;
@@ -515,7 +499,7 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u64 key = ((__u64)tgid << 32) | (__u32)ctx->args[0];
-	struct conn_info *ci = bpf_map_lookup_elem(&conns, &key);
+	struct ht_conn_info *ci = bpf_map_lookup_elem(&conns, &key);
 	if (!ci)
 		return 0;
 	if (ci->open_sent) {

@@ -75,6 +75,25 @@ struct ht_close_event {
 	__u64 bytes[2]; /* stream length per direction at close: pos a reader should have reached */
 };
 
+enum ht_conn_state {
+	HT_CONN_UNKNOWN = 0, /* a TCP socket not classified yet */
+	HT_CONN_HTTP = 1,    /* its first bytes were an HTTP/1 start line: every byte is reported */
+	HT_CONN_IGNORED = 2, /* not TCP, not HTTP, or filtered out: one map lookup per syscall from now on */
+};
+
+/* Value of the conns map, keyed by (tgid << 32 | fd). User space reads it to close the connections of
+ * processes that exited without close(). */
+struct ht_conn_info {
+	struct ht_conn_id id;
+	__u64 pos[2]; /* bytes reported so far per direction, i.e. the next event's pos */
+	__u64 sk;     /* struct sock *, read for addresses when the open event is sent */
+	__u8 state;   /* enum ht_conn_state */
+	__u8 role_hint;
+	__u8 open_sent;
+	__u8 tries;
+	__u32 _pad;
+};
+
 /* Read-only configuration, set by user space in .rodata before load. */
 struct ht_config {
 	__u32 self_tgid;    /* the tracer itself is never traced */

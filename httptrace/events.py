@@ -70,6 +70,12 @@ class CloseEvent(ctypes.Structure):
     _fields_ = [("hdr", EventHeader), ("bytes", ctypes.c_uint64 * 2)]
 
 
+class ConnInfo(ctypes.Structure):
+    _fields_ = [("id", ConnId), ("pos", ctypes.c_uint64 * 2), ("sk", ctypes.c_uint64), ("state", ctypes.c_uint8),
+                ("role_hint", ctypes.c_uint8), ("open_sent", ctypes.c_uint8), ("tries", ctypes.c_uint8),
+                ("_pad", ctypes.c_uint32)]
+
+
 class Config(ctypes.Structure):
     _fields_ = [("self_tgid", ctypes.c_uint32), ("filter_tgids", ctypes.c_uint32),
                 ("filter_ports", ctypes.c_uint32), ("filter_comm", ctypes.c_uint32),
@@ -83,6 +89,7 @@ MIRRORS = {
     "ht_open_event": OpenEvent,
     "ht_data_event": DataEvent,
     "ht_close_event": CloseEvent,
+    "ht_conn_info": ConnInfo,
     "ht_config": Config,
 }
 

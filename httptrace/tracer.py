@@ -223,11 +223,21 @@ class Tracer:
     # ---- housekeeping ---------------------------------------------------------------------------
 
     def _sweep_dead_processes(self) -> None:
-        """A process that dies closes its sockets without close(): drop its entries from the kernel map."""
+        """A process that dies closes its sockets without close(): forget them here and in the kernel."""
         conns = self._object.map("conns")
         dead = [key for key in conns.keys(8) if not os.path.exists(f"/proc/{_U64.unpack(key)[0] >> 32}")]
         for key in dead:
+            raw = conns.lookup(key, ctypes.sizeof(events.ConnInfo))
             conns.delete(key)
+            if raw is None:
+                continue
+            info = events.ConnInfo.from_buffer_copy(raw)
+            if info.open_sent:
+                closed = events.CloseEvent()
+                closed.hdr.type, closed.hdr.conn = EventType.CLOSE, info.id
+                closed.hdr.ts_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                closed.bytes[0], closed.bytes[1] = info.pos[0], info.pos[1]
+                self._sink_close(closed)
 
     def drops(self) -> dict[str, int]:
         """Events the kernel could not write to the ring buffer (it was full), by event type."""

@@ -249,3 +249,30 @@ def test_nothing_stays_attached_after_the_tracer_ends(ending):
     still = {p["id"] for p in bpftool_json("prog", "list")} & progs
     assert still == set()
     assert {m["id"] for m in bpftool_json("map", "list")} & maps == set()
+
+
+EXIT_WITHOUT_CLOSE = """
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"GET /size/5 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+while not s.recv(65536).endswith(b"!\\"#$%"):
+    pass
+os._exit(0)  # the kernel closes the socket; no close() syscall is made
+"""
+
+
+def test_connections_of_a_process_that_exits_are_closed_and_forgotten(capture, py_server):
+    import struct
+
+    from httptrace.tracer import SWEEP_EVERY_S
+
+    server, port = py_server
+    with capture(ports=[port]) as cap:
+        client = subprocess.Popen([sys.executable, "-c", EXIT_WITHOUT_CLOSE, str(port)])
+        assert client.wait(10) == 0
+        time.sleep(SWEEP_EVERY_S * 2 + 0.5)
+        conns = cap.tracer._object.map("conns")
+        left = [k for k in conns.keys(8) if struct.unpack("<Q", k)[0] >> 32 == client.pid]
+    assert left == []
+    assert [ev.conn[0] for ev in cap.of_type(Close)].count(client.pid) == 1
+    assert cap.stream(client.pid, Direction.EGRESS).startswith(b"GET /size/5")

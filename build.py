@@ -73,6 +73,9 @@ struct bpf_map *bpf_object__find_map_by_name(const struct bpf_object *obj, const
 const char *bpf_program__name(const struct bpf_program *prog);
 const char *bpf_program__section_name(const struct bpf_program *prog);
 struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
+struct bpf_uprobe_opts { size_t sz; bool retprobe; const char *func_name; ...; };
+struct bpf_link *bpf_program__attach_uprobe_opts(const struct bpf_program *prog, int pid, const char *binary_path,
+                                                 size_t func_offset, const struct bpf_uprobe_opts *opts);
 int bpf_link__destroy(struct bpf_link *link);
 
 /* maps */

@@ -200,7 +200,7 @@ static __always_inline void send_open(struct ht_conn_info *ci)
 	e->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	e->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	e->role_hint = ci->role_hint;
-	e->_pad0 = 0;
+	e->tls = ci->tls;
 	__builtin_memset(e->local_addr, 0, sizeof(e->local_addr));
 	__builtin_memset(e->remote_addr, 0, sizeof(e->remote_addr));
 	if (e->family == AF_INET) {
@@ -229,7 +229,8 @@ struct copy_state {
 	__u32 iov_next;
 	__u32 iov_count;
 	__u8 direction;
-	__u8 _pad[7];
+	__u8 flags;        /* enum ht_data_flags */
+	__u8 _pad[6];
 };
 
 struct {
@@ -277,7 +278,7 @@ static long copy_step(__u32 index, void *unused)
 	e->len = len;
 	e->not_copied = 0;
 	e->direction = st->direction;
-	e->flags = 0;
+	e->flags = st->flags;
 	if (bpf_ringbuf_output(&events, e, offsetof(struct ht_data_event, data) + len, 0))
 		count_drop(HT_EVENT_DATA); /* pos still advances: user space sees the hole */
 	st->pos += len;
@@ -309,24 +310,11 @@ static __always_inline void send_not_copied(struct ht_conn_info *ci, __u8 direct
 		count_drop(HT_EVENT_DATA);
 }
 
-/* The common path of every data syscall that succeeded with `ret` bytes. */
-static __always_inline int on_data(int fd, long ret, __u64 buf, __u64 iov, __u64 iov_count, __u8 direction)
+/* Reports `ret` bytes at buf (or in the iovec array iov) on a connection: classifies it on its first
+ * bytes, sends the open event once, then the payload in chunks. */
+static __always_inline int capture(struct ht_conn_info *ci, long ret, __u64 buf, __u64 iov, __u64 iov_count,
+				   __u8 direction, __u8 flags)
 {
-	if (ret <= 0)
-		return 0;
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!process_wanted(tgid))
-		return 0;
-	__u64 key = ((__u64)tgid << 32) | (__u32)fd;
-	struct ht_conn_info *ci = bpf_map_lookup_elem(&conns, &key);
-	if (!ci) {
-		ci = track(key, tgid, fd, HT_ROLE_UNKNOWN);
-		if (!ci)
-			return 0;
-	}
-	if (ci->state == HT_CONN_IGNORED)
-		return 0;
-
 	if (iov) {
 		struct iovec first;
 		if (bpf_probe_read_user(&first, sizeof(first), (void *)iov))
@@ -362,12 +350,61 @@ static __always_inline int on_data(int fd, long ret, __u64 buf, __u64 iov, __u64
 	st->iov_next = 0;
 	st->iov_count = iov_count;
 	st->direction = direction;
+	st->flags = flags;
 	bpf_loop(ht_cfg.max_copy / HT_CHUNK_SIZE + HT_MAX_IOV + 2, copy_step, NULL, 0);
 	__u64 copied = st->pos - ci->pos[direction & 1];
 	if (copied < (__u64)ret)
-		send_not_copied(ci, direction, st->pos, ret - copied, 0);
+		send_not_copied(ci, direction, st->pos, ret - copied, flags);
 	ci->pos[direction & 1] += ret;
 	return 0;
+}
+
+static __always_inline struct ht_conn_info *lookup_or_track(__u32 tgid, int fd)
+{
+	__u64 key = ((__u64)tgid << 32) | (__u32)fd;
+	struct ht_conn_info *ci = bpf_map_lookup_elem(&conns, &key);
+	return ci ? ci : track(key, tgid, fd, HT_ROLE_UNKNOWN);
+}
+
+/* A TLS library call under way on this thread: the syscalls it makes carry ciphertext, and tell us
+ * which fd the SSL object writes to. */
+struct tls_call {
+	__u64 ssl;
+	__u64 buf;
+	__u64 size_out; /* size_t * of SSL_read_ex/SSL_write_ex, 0 for SSL_read/SSL_write */
+	__s32 fd;       /* set by the nested read/write syscall, -1 until then */
+	__u8 direction;
+	__u8 _pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32); /* thread id */
+	__type(value, struct tls_call);
+} tls_calls SEC(".maps");
+
+/* The common path of every data syscall that succeeded with `ret` bytes. */
+static __always_inline int on_data(int fd, long ret, __u64 buf, __u64 iov, __u64 iov_count, __u8 direction)
+{
+	if (ret <= 0)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!process_wanted(tgid))
+		return 0;
+	if (ht_cfg.tls) {
+		__u32 tid = pid_tgid;
+		struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &tid);
+		if (call) {
+			call->fd = fd; /* ciphertext; the plaintext is reported when the TLS call returns */
+			return 0;
+		}
+	}
+	struct ht_conn_info *ci = lookup_or_track(tgid, fd);
+	if (!ci || ci->state == HT_CONN_IGNORED || ci->tls)
+		return 0;
+	return capture(ci, ret, buf, iov, iov_count, direction, 0);
 }
 
 static __always_inline struct pt_regs *syscall_regs(void)
@@ -518,4 +555,106 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	}
 	bpf_map_delete_elem(&conns, &key);
 	return 0;
+}
+
+/* ---- TLS: plaintext at the OpenSSL API, on the connection of the fd its syscalls use ------------
+ * (BPF_KPROBE/BPF_KRETPROBE only unpack pt_regs: they serve uprobes as well.) */
+
+/* (tgid, SSL *) -> fd, for SSL_read calls served from OpenSSL's buffer without a syscall. */
+struct ssl_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 ssl;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ssl_key);
+	__type(value, __s32);
+} ssl_fds SEC(".maps");
+
+static __always_inline int tls_enter(void *ssl, const void *buf, size_t *size_out, __u8 direction)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!process_wanted(pid_tgid >> 32))
+		return 0;
+	__u32 tid = pid_tgid;
+	struct tls_call call = {
+		.ssl = (__u64)ssl, .buf = (__u64)buf, .size_out = (__u64)size_out, .fd = -1, .direction = direction,
+	};
+	bpf_map_update_elem(&tls_calls, &tid, &call, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int tls_exit(long rc)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = pid_tgid, tgid = pid_tgid >> 32;
+	struct tls_call *found = bpf_map_lookup_elem(&tls_calls, &tid);
+	if (!found)
+		return 0;
+	struct tls_call call = *found;
+	bpf_map_delete_elem(&tls_calls, &tid);
+
+	long n = rc;
+	if (call.size_out) { /* the _ex forms return 1 and the byte count through a pointer */
+		size_t done = 0;
+		if (rc != 1 || bpf_probe_read_user(&done, sizeof(done), (void *)call.size_out))
+			return 0;
+		n = done;
+	}
+	if (n <= 0)
+		return 0;
+	struct ssl_key key = {.tgid = tgid, .ssl = call.ssl};
+	if (call.fd >= 0) {
+		bpf_map_update_elem(&ssl_fds, &key, &call.fd, BPF_ANY);
+	} else {
+		__s32 *fd = bpf_map_lookup_elem(&ssl_fds, &key);
+		if (!fd)
+			return 0; /* no syscall seen for this SSL yet: nothing tells us its connection */
+		call.fd = *fd;
+	}
+	struct ht_conn_info *ci = lookup_or_track(tgid, call.fd);
+	if (!ci)
+		return 0;
+	if (!ci->tls) { /* the handshake made the socket look like non-HTTP: classify the plaintext instead */
+		ci->tls = 1;
+		if (ci->state == HT_CONN_IGNORED && ci->sk)
+			ci->state = HT_CONN_UNKNOWN;
+		ci->tries = 0;
+	}
+	if (ci->state == HT_CONN_IGNORED)
+		return 0;
+	return capture(ci, n, call.buf, 0, 0, call.direction, HT_DATA_TLS);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_enter, void *ssl, const void *buf, int num)
+{
+	return tls_enter(ssl, buf, NULL, HT_EGRESS);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_ex_enter, void *ssl, const void *buf, size_t num, size_t *written)
+{
+	return tls_enter(ssl, buf, written, HT_EGRESS);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_read_enter, void *ssl, void *buf, int num)
+{
+	return tls_enter(ssl, buf, NULL, HT_INGRESS);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_read_ex_enter, void *ssl, void *buf, size_t num, size_t *readbytes)
+{
+	return tls_enter(ssl, buf, readbytes, HT_INGRESS);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_exit, int rc)
+{
+	return tls_exit(rc);
 }

@@ -53,7 +53,7 @@ struct ht_open_event {
 	__u16 local_port;
 	__u16 remote_port;
 	__u8 role_hint; /* enum ht_role_hint */
-	__u8 _pad0;
+	__u8 tls;       /* 1: the payload of this connection is TLS plaintext from the TLS library */
 	__u8 local_addr[16]; /* 4 bytes used for AF_INET */
 	__u8 remote_addr[16];
 	char comm[HT_COMM_LEN];
@@ -91,7 +91,8 @@ struct ht_conn_info {
 	__u8 role_hint;
 	__u8 open_sent;
 	__u8 tries;
-	__u32 _pad;
+	__u8 tls;     /* plaintext comes from TLS library probes; the socket's own bytes are ciphertext */
+	__u8 _pad[3];
 };
 
 /* Read-only configuration, set by user space in .rodata before load. */
@@ -100,6 +101,8 @@ struct ht_config {
 	__u32 filter_tgids; /* 1: only tgids present in the target_tgids map */
 	__u32 filter_ports; /* 1: only connections with a local or remote port in target_ports */
 	__u32 filter_comm;  /* 1: only processes whose comm equals comm */
+	__u32 tls;          /* 1: TLS library probes are attached: syscalls made inside them carry ciphertext */
+	__u32 _pad0;
 	__u64 max_copy;     /* payload bytes copied per syscall; the rest is reported as not_copied */
 	char comm[HT_COMM_LEN];
 };

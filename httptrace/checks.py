@@ -103,9 +103,12 @@ def check_objects() -> CheckResult:
     try:
         with Tracer(ports=[1]) as tracer:
             count = len(tracer.attached_programs)
+            libraries = tracer.tls_libraries
     except Exception as exc:  # reported, not raised: this is a report
         return CheckResult("objects", False, f"loading {object_path()} failed: {exc}")
-    return CheckResult("objects", True, f"{object_path()}: {count} programs loaded and attached")
+    tls = ", ".join(libraries) if libraries else "none found"
+    return CheckResult("objects", True, f"{object_path()}: {count} programs loaded and attached; "
+                                        f"TLS libraries probed: {tls}")
 
 
 def require_environment() -> None:

@@ -49,7 +49,7 @@ class EventHeader(ctypes.Structure):
 
 class OpenEvent(ctypes.Structure):
     _fields_ = [("hdr", EventHeader), ("family", ctypes.c_uint16), ("local_port", ctypes.c_uint16),
-                ("remote_port", ctypes.c_uint16), ("role_hint", ctypes.c_uint8), ("_pad0", ctypes.c_uint8),
+                ("remote_port", ctypes.c_uint16), ("role_hint", ctypes.c_uint8), ("tls", ctypes.c_uint8),
                 ("local_addr", ctypes.c_uint8 * 16), ("remote_addr", ctypes.c_uint8 * 16),
                 ("comm", ctypes.c_char * COMM_LEN)]
 
@@ -73,13 +73,13 @@ class CloseEvent(ctypes.Structure):
 class ConnInfo(ctypes.Structure):
     _fields_ = [("id", ConnId), ("pos", ctypes.c_uint64 * 2), ("sk", ctypes.c_uint64), ("state", ctypes.c_uint8),
                 ("role_hint", ctypes.c_uint8), ("open_sent", ctypes.c_uint8), ("tries", ctypes.c_uint8),
-                ("_pad", ctypes.c_uint32)]
+                ("tls", ctypes.c_uint8), ("_pad", ctypes.c_uint8 * 3)]
 
 
 class Config(ctypes.Structure):
     _fields_ = [("self_tgid", ctypes.c_uint32), ("filter_tgids", ctypes.c_uint32),
                 ("filter_ports", ctypes.c_uint32), ("filter_comm", ctypes.c_uint32),
-                ("max_copy", ctypes.c_uint64), ("comm", ctypes.c_char * COMM_LEN)]
+                ("tls", ctypes.c_uint32), ("_pad0", ctypes.c_uint32), ("max_copy", ctypes.c_uint64), ("comm", ctypes.c_char * COMM_LEN)]
 
 
 # C struct name -> mirror, for the contract test.
@@ -115,6 +115,7 @@ class Open:
     local: tuple[str, int]
     remote: tuple[str, int]
     role_hint: RoleHint
+    tls: bool
 
 
 @dataclass(frozen=True, slots=True)

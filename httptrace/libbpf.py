@@ -136,6 +136,19 @@ class Program:
             raise _error(f"attach program {self.name} ({self.section})", 0)
         return Link(link, self.name)
 
+    def attach_uprobe(self, binary: str, function: str, retprobe: bool = False) -> Link:
+        """Probe `function` (by symbol) in `binary` for every process that maps it, now or later."""
+        opts = ffi.new("struct bpf_uprobe_opts *")
+        opts.sz = ffi.sizeof("struct bpf_uprobe_opts")
+        opts.retprobe = retprobe
+        name = ffi.new("char[]", function.encode())
+        opts.func_name = name
+        link = lib.bpf_program__attach_uprobe_opts(self._handle, -1, binary.encode(), 0, opts)
+        if link == ffi.NULL:
+            kind = "uretprobe" if retprobe else "uprobe"
+            raise _error(f"attach {kind} {self.name} to {binary}:{function}", 0)
+        return Link(link, self.name)
+
 
 # ---- objects ------------------------------------------------------------------------------------
 
@@ -186,9 +199,17 @@ class BpfObject:
             err.verifier_log = list(_log_lines)
             raise err
 
-    def attach_all(self) -> list[Link]:
+    def program(self, name: str) -> Program:
         for program in self.programs():
-            self.links.append(program.attach())
+            if program.name == name:
+                return program
+        raise LibbpfError(f"find program {name} in {self.path}", errno_names.ENOENT, "no such program")
+
+    def attach_tracepoints(self) -> list[Link]:
+        """Attach every tracepoint program (their sections name their targets); probes are attached by name."""
+        for program in self.programs():
+            if program.section.startswith("tracepoint/"):
+                self.links.append(program.attach())
         return self.links
 
     def close(self) -> None:

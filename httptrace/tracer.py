@@ -50,7 +50,8 @@ class Tracer:
         self.comm = comm
         self.max_body = max_body
         self.ring_buffer_size = _ring_size(ring_buffer_size or DEFAULT_RING_BUFFER_SIZE)
-        self.tls = tls  # TLS capture is not implemented yet: the flag is accepted and ignored
+        self.tls = tls
+        self._tls = None  # tls.TlsProbes while attached
         self._object: BpfObject | None = None
         self._ring: RingBuffer | None = None
         self._stopping = False
@@ -91,7 +92,12 @@ class Tracer:
             obj.map("target_ports").update(struct.pack("<H", port), b"\x01")
         self._offset_ns = _monotonic_to_wall_offset()
         self._ring = RingBuffer(obj.map("events"), self._on_sample)
-        obj.attach_all()
+        obj.attach_tracepoints()
+        if self.tls:
+            from .tls import TlsProbes
+
+            self._tls = TlsProbes(obj)
+            self._tls.refresh()
         log.info("attached", programs=len(obj.links), seconds=round(time.monotonic() - started, 3),
                  pids=self.pids or "all", ports=self.ports or "all", comm=self.comm or "all")
 
@@ -108,6 +114,10 @@ class Tracer:
         self._stopping = True
 
     @property
+    def tls_libraries(self) -> list[str]:
+        return list(self._tls.libraries) if self._tls else []
+
+    @property
     def attached_programs(self) -> list[str]:
         return [link.program for link in self._object.links] if self._object else []
 
@@ -117,6 +127,7 @@ class Tracer:
         config.filter_tgids = int(bool(self.pids))
         config.filter_ports = int(bool(self.ports))
         config.filter_comm = int(bool(self.comm))
+        config.tls = int(bool(self.tls))
         config.comm = (self.comm or "").encode()[: events.COMM_LEN - 1]
         config.max_copy = self.max_body + HEADER_ROOM
         return config
@@ -149,7 +160,7 @@ class Tracer:
             comm=ev.comm.decode(errors="replace"),
             local=(events.address(ev.family, bytes(ev.local_addr)), ev.local_port),
             remote=(events.address(ev.family, bytes(ev.remote_addr)), ev.remote_port),
-            role_hint=RoleHint(ev.role_hint))
+            role_hint=RoleHint(ev.role_hint), tls=bool(ev.tls))
 
     # Sinks for events(): decoded event objects queued for the iterator.
     def _queue_open(self, ev) -> None:
@@ -171,7 +182,7 @@ class Tracer:
         self._reassembler.open(opened.conn, Connection(
             pid=opened.conn[0], fd=opened.conn[1], tsid=opened.conn[2], comm=opened.comm,
             local=Endpoint(*opened.local), remote=Endpoint(*opened.remote),
-            role=_ROLE_OF_HINT[opened.role_hint]))
+            role=_ROLE_OF_HINT[opened.role_hint], tls=opened.tls))
 
     def _reassemble_data(self, head, payload: bytes) -> None:
         conn = head.hdr.conn
@@ -217,6 +228,8 @@ class Tracer:
                 next_sweep = time.monotonic() + SWEEP_EVERY_S
                 self._sweep_dead_processes()
                 self._report_drops()
+                if self._tls is not None:
+                    self._tls.refresh()  # libraries of processes started since
         self._ring.consume()
         yield time.time_ns()
 

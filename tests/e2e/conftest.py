@@ -134,6 +134,36 @@ def python_server(tmp_path):
         proc.wait()
 
 
+def start_nginx(workdir, port: int, template: str = "nginx.conf.template") -> subprocess.Popen:
+    """nginx with tests/e2e/servers/<template>; static files under workdir/www."""
+    import string
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert os.path.exists(nginx), "nginx is missing: make test installs it"
+    for sub in ("www", "tmp"):
+        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+    with open(os.path.join(HERE, "servers", template)) as f:
+        conf = string.Template(f.read()).safe_substitute(dir=str(workdir), port=port)
+    conf_path = os.path.join(workdir, "nginx.conf")
+    with open(conf_path, "w") as f:
+        f.write(conf)
+    proc = subprocess.Popen([nginx, "-c", conf_path, "-e", os.path.join(workdir, "error.log")])
+    wait_for_port(port)
+    return proc
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    """(process, port, www directory) of a running nginx."""
+    port = free_port()
+    proc = start_nginx(tmp_path / "nginx", port)
+    try:
+        yield proc, port, tmp_path / "nginx" / "www"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def curl(*args: str) -> subprocess.CompletedProcess:
     assert shutil.which("curl"), "curl is missing: make test installs it"
     return subprocess.run(["curl", "-sS", "--max-time", "30", *args], capture_output=True, check=True)

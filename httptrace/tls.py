@@ -1,0 +1,93 @@
+"""TLS plaintext: find the OpenSSL libraries processes use and probe their read/write calls.
+
+An uprobe on a library file covers every process that maps it, including ones started later, so we
+attach once per distinct file (by inode: /lib and /usr/lib are the same files on merged-/usr systems).
+Statically linked TLS (Go's crypto/tls, BoringSSL in a binary) is not covered.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+
+import structlog
+
+from .libbpf import BpfObject, Link
+
+log = structlog.get_logger("httptrace.tls")
+
+LIBSSL_NAME = re.compile(r"/libssl\.so\.(3|1\.1)$")
+# (function, entry program); every function also gets the shared return probe `ssl_exit`.
+PROBES = (("SSL_write", "ssl_write_enter"), ("SSL_write_ex", "ssl_write_ex_enter"),
+          ("SSL_read", "ssl_read_enter"), ("SSL_read_ex", "ssl_read_ex_enter"))
+
+
+def system_libraries() -> list[str]:
+    """libssl.so.3 / libssl.so.1.1 known to the dynamic linker."""
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    paths = [line.rsplit("=>", 1)[1].strip() for line in out.splitlines() if "=>" in line]
+    return [p for p in paths if LIBSSL_NAME.search(p)]
+
+
+def mapped_libraries() -> list[str]:
+    """libssl files mapped by running processes (virtualenvs, containers, vendored copies)."""
+    found = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps) as f:
+                for line in f:
+                    if "libssl.so" in line:
+                        path = line.split(None, 5)[-1].strip()
+                        if LIBSSL_NAME.search(path):
+                            root = os.path.dirname(os.path.dirname(maps)) + "/root"
+                            found.add(root + path if not os.path.exists(path) else path)
+        except OSError:
+            continue
+    return sorted(found)
+
+
+class TlsProbes:
+    """The uprobes of one BpfObject; `refresh()` attaches to libraries seen since the last call."""
+
+    def __init__(self, obj: BpfObject):
+        self._obj = obj
+        self._seen: set[tuple[int, int]] = set()
+        self.libraries: list[str] = []
+        self.links: list[Link] = []
+
+    def refresh(self) -> list[str]:
+        added = []
+        for path in system_libraries() + mapped_libraries():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in self._seen:
+                continue
+            self._seen.add((st.st_dev, st.st_ino))
+            try:
+                self._attach(path)
+            except Exception as exc:  # a library without the symbols (or an odd build) is skipped, not fatal
+                log.warning("cannot probe TLS library", path=path, error=str(exc))
+                continue
+            self.libraries.append(path)
+            added.append(path)
+            log.info("probing TLS library", path=path)
+        return added
+
+    def _attach(self, path: str) -> None:
+        links = []
+        try:
+            for function, entry in PROBES:
+                links.append(self._obj.program(entry).attach_uprobe(path, function))
+                links.append(self._obj.program("ssl_exit").attach_uprobe(path, function, retprobe=True))
+        except BaseException:
+            for link in links:
+                link.destroy()
+            raise
+        self.links += links
+        self._obj.links += links

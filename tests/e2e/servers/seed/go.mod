@@ -1,0 +1,3 @@
+module seedserver
+
+go 1.19

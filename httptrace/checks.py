@@ -80,6 +80,9 @@ def ensure_tracefs() -> CheckResult:
     """Syscall tracepoints are found through tracefs; mount it when nobody has."""
     if os.path.isdir(os.path.join(TRACEFS, "events")):
         return CheckResult("tracefs", True, f"mounted at {TRACEFS}")
+    if os.path.ismount(TRACEFS):
+        return CheckResult("tracefs", False, f"tracefs at {TRACEFS} is not readable by uid {os.geteuid()}",
+                           "run as root")
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.mount(b"nodev", TRACEFS.encode(), b"tracefs", 0, None) == 0:
         return CheckResult("tracefs", True, f"mounted by httptrace at {TRACEFS}")

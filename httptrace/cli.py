@@ -248,21 +248,57 @@ def _run_checks() -> list:
 
 # --- output file ------------------------------------------------------------------
 
-def open_output(path: str | None, binary: bool) -> tuple[IO, bool]:
-    """(stream, whether we own it).  Files are created 0600 and an existing file is
-    narrowed to 0600 before anything is written: captures hold other people's data."""
-    if path is None or path == "-":
-        return (sys.stdout.buffer if binary else sys.stdout), False
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):   # never chmod a tty or /dev/null
-            os.fchmod(fd, 0o600)
-        if binary:
-            return os.fdopen(fd, "wb"), True
-        return os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n"), True
-    except BaseException:
-        os.close(fd)
-        raise
+class Output:
+    """Where exchanges go: standard output, or a file opened before the capture starts (so
+    an unwritable path fails fast) but emptied only once it has started, so a failed start
+    never wipes an earlier capture.  Files are private: created 0600, an existing file is
+    narrowed to 0600 before anything is written, since captures hold other people's data."""
+
+    def __init__(self, path: str | None, binary: bool):
+        self.path = None if path in (None, "-") else path
+        self.created = False
+        if self.path is None:
+            self.stream: IO = sys.stdout.buffer if binary else sys.stdout
+            return
+        flags = os.O_WRONLY | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            self.created = True
+        except FileExistsError:
+            fd = os.open(self.path, flags)
+        try:
+            self.regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            if self.regular:        # never chmod a tty or /dev/null
+                os.fchmod(fd, 0o600)
+            self.stream = (os.fdopen(fd, "wb") if binary else
+                           os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n"))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def is_stdout(self) -> bool:
+        return self.path is None
+
+    def begin(self) -> None:
+        """The capture is running: drop what an existing file held."""
+        if self.path is not None and self.regular:
+            self.stream.seek(0)
+            self.stream.truncate()
+
+    def close(self, discard: bool = False) -> None:
+        """Close a file we opened; with discard, remove it if we created it (nothing was captured)."""
+        if self.path is None:
+            return
+        try:
+            self.stream.close()
+        except OSError:
+            pass
+        if discard and self.created:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 # --- the capture loop -------------------------------------------------------------
@@ -308,33 +344,38 @@ class CaptureRun:
             pass
 
     def summary_line(self) -> str:
-        try:
-            stats = dict(self.tracer.stats())
-        except Exception as exc:  # the summary must not hide the real exit reason
-            log.debug("tracer stats unavailable", error=str(exc))
-            stats = {}
-        keys = [k for k in _SUMMARY_KEYS if k in stats] + sorted(k for k in stats if k not in _SUMMARY_KEYS)
+        stats = _safe_stats(self.tracer)
+        # The headline counters always; the tracer's finer-grained ones only when they happened.
+        keys = [k for k in _SUMMARY_KEYS if k in stats] + sorted(
+            k for k in stats if k not in _SUMMARY_KEYS and stats[k])
         fields = [f"shown={self.shown}", *(f"{k}={stats[k]}" for k in keys),
                   f"elapsed={time.monotonic() - self.started:.1f}s"]
         return "httptrace summary: " + " ".join(fields)
 
     def print_summary(self) -> None:
-        print(self.summary_line(), file=self.summary_stream, flush=True)
+        try:
+            print(self.summary_line(), file=self.summary_stream, flush=True)
+        except OSError:   # stderr gone with the terminal (SIGHUP): nothing left to tell
+            pass
 
     def run(self) -> int:
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = {}
         if in_main_thread:
+            # SIGHUP too: a dropped ssh session must still leave a complete HAR file.
             for signum, handler in ((signal.SIGINT, self._on_stop_signal),
                                     (signal.SIGTERM, self._on_stop_signal),
+                                    (signal.SIGHUP, self._on_stop_signal),
                                     (signal.SIGUSR1, self._on_summary_signal)):
+                if signal.getsignal(signum) is signal.SIG_IGN:   # e.g. under nohup: keep ignoring
+                    continue
                 previous[signum] = signal.signal(signum, handler)
         timer = None
         if self.duration:
             timer = threading.Timer(self.duration, self.stop)
             timer.daemon = True
             timer.start()
-        status = EXIT_OK
+        write_error: OSError | None = None
         try:
             for exchange in self.tracer.exchanges():
                 if not self.keep(exchange):
@@ -345,8 +386,8 @@ class CaptureRun:
                     break
         except BrokenPipeError:   # `httptrace | head`: the reader is gone, stop quietly
             _silence_stdout()
-        except OSError as exc:
-            status = fail(f"cannot write output: {exc.strerror or exc}", "check free space and the -o path")
+        except OSError as exc:   # disk full, file system gone...: reported after the summary
+            write_error = exc
         finally:
             self.stopping = True
             self.tracer.stop()
@@ -355,17 +396,21 @@ class CaptureRun:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self.print_summary()
-        stats = _safe_stats(self.tracer)
-        if stats.get("drops"):
+        drops = _safe_stats(self.tracer).get("drops")
+        if drops:
             log.warning("events were dropped: some exchanges are missing or flagged 'gap'",
-                        drops=stats["drops"], fix="raise --ring-buffer-size or narrow with --pid/--port")
-        return status
+                        drops=drops, fix="raise --ring-buffer-size or narrow with --pid/--port")
+        if write_error is not None:
+            return fail(f"cannot write output: {write_error.strerror or write_error}",
+                        "check free space and the -o path")
+        return EXIT_OK
 
 
 def _safe_stats(tracer) -> dict:
     try:
         return dict(tracer.stats())
-    except Exception:
+    except Exception as exc:  # the summary must not hide the real exit reason
+        log.debug("tracer stats unavailable", error=str(exc))
         return {}
 
 
@@ -437,37 +482,38 @@ def _main(argv: list[str] | None) -> int:
         comm = comm[:TASK_COMM_LEN - 1]
         log.warning("--comm longer than the kernel keeps; matching the first 15 characters", comm=comm)
 
-    binary = args.format == "har"
     try:
-        stream, owned = open_output(args.output, binary)
+        output = Output(args.output, binary=args.format == "har")
     except OSError as exc:
         return fail(f"cannot open output file {args.output!r}: {exc.strerror or exc}",
                     "choose a writable path with -o")
-    if not owned and not binary and hasattr(stream, "reconfigure"):
-        stream.reconfigure(errors="backslashreplace")   # header bytes are latin-1, the terminal may not be
-    color = (args.format == "text" and not owned and _isatty(stream) and "NO_COLOR" not in os.environ)
-    writer = make_writer(args.format, stream, OutputOptions(
-        redactor=redactor, include_bodies=args.include_bodies, verbosity=args.verbose, color=color))
+    if output.is_stdout and args.format == "text" and hasattr(output.stream, "reconfigure"):
+        output.stream.reconfigure(errors="backslashreplace")   # header bytes are latin-1, the terminal may not be
+    color = (args.format == "text" and output.is_stdout and _isatty(output.stream)
+             and "NO_COLOR" not in os.environ)
+    options = OutputOptions(redactor=redactor, include_bodies=args.include_bodies,
+                            verbosity=args.verbose, color=color)
 
+    tracer_options: dict[str, Any] = dict(pids=args.pid or None, ports=args.port or None, comm=comm,
+                                          ring_buffer_size=args.ring_buffer_size, tls=args.tls)
+    if args.max_body is not None:   # otherwise the Tracer's own default
+        tracer_options["max_body"] = args.max_body
+    writer = None
     try:
-        try:
-            tracer_options: dict[str, Any] = dict(
-                pids=args.pid or None, ports=args.port or None, comm=comm,
-                ring_buffer_size=args.ring_buffer_size, tls=args.tls)
-            if args.max_body is not None:   # otherwise the Tracer's own default
-                tracer_options["max_body"] = args.max_body
-            tracer = _open_tracer(**tracer_options)
-            with tracer:
-                log.info("capture started", format=args.format, output=args.output or "stdout",
-                         pids=args.pid, ports=args.port, comm=comm, tls=args.tls)
-                return CaptureRun(tracer, writer, exchange_filter, args.count, args.duration,
-                                  sys.stderr).run()
-        except HttptraceError as exc:
-            return fail(*_describe_error(exc))
+        with _open_tracer(**tracer_options) as tracer:
+            try:
+                output.begin()
+                writer = make_writer(args.format, output.stream, options)
+            except OSError as exc:   # emptying the file, or writing the HAR header
+                return fail(f"cannot write output: {exc.strerror or exc}", "check free space and the -o path")
+            log.info("capture started", format=args.format, output=args.output or "stdout")
+            return CaptureRun(tracer, writer, exchange_filter, args.count, args.duration, sys.stderr).run()
+    except HttptraceError as exc:
+        return fail(*_describe_error(exc))
     finally:
-        try:
-            writer.close()
-        except OSError:
-            pass
-        if owned:
-            stream.close()
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError:
+                pass
+        output.close(discard=writer is None)

@@ -116,6 +116,6 @@ def build_filter(*, methods: Iterable[str] = (), path: str | re.Pattern[str] | N
         path=compile_path_regex(path) if isinstance(path, str) else path,
         exact_statuses=exact,
         status_classes=classes,
-        min_latency_ns=None if min_latency_ms is None else int(min_latency_ms * 1_000_000),
+        min_latency_ns=None if min_latency_ms is None else round(min_latency_ms * 1_000_000),
         role=parse_role(role.value if isinstance(role, Role) else role) if role is not None else None,
     )

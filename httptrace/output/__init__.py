@@ -108,7 +108,7 @@ def decoded_content(message: Message) -> tuple[bytes, bool]:
     """(body with Content-Encoding undone when possible, whether it was undone)."""
     global _decoder
     body = message.body
-    if not body or message.header("content-encoding") is None:
+    if not body:
         return body, False
     if _decoder is None:
         try:

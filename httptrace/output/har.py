@@ -14,10 +14,12 @@ de-chunking.  httptrace-specific facts go in "_"-prefixed fields, as HAR allows.
 from __future__ import annotations
 
 import base64
+import datetime
 import email.utils
 import fcntl
 import json
 import os
+import re
 from typing import IO, Any
 from urllib.parse import parse_qsl, quote
 
@@ -30,7 +32,14 @@ from httptrace.redact import Redactor
 TRAILER = b"\n]}}\n"
 
 _URL_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
-_HOST_SAFE = "[]:@!$&'()*+,;=%-._~"
+
+
+def _quote(text: str, safe: str) -> str:
+    """Percent-encode for a URL; header and target text is latin-1 decoded wire bytes."""
+    try:
+        return quote(text, safe=safe, encoding="latin-1")
+    except UnicodeEncodeError:
+        return quote(text, safe=safe, encoding="utf-8")
 
 
 def har_header() -> bytes:
@@ -54,6 +63,23 @@ def client_endpoint(exchange: Exchange):
     return connection.remote if connection.role is Role.SERVER else connection.local
 
 
+_PORT_SUFFIX = re.compile(r"(.*?)(:[0-9]{1,5})?")
+_IP_LITERAL = re.compile(r"\[[0-9A-Fa-f:.]+\]")
+_REG_NAME_SAFE = "!$&'()*+,;=-._~"
+
+
+def _authority(host: str) -> str:
+    """A Host header value made safe as a URL authority: "[", "@", "/" and friends from a
+    malformed header are percent-encoded instead of changing what the URL means.
+    Empty when nothing usable is left."""
+    name, port = _PORT_SUFFIX.fullmatch(host.strip()).groups()
+    if not name:
+        return ""
+    if _IP_LITERAL.fullmatch(name):
+        return name + (port or "")
+    return _quote(name, _REG_NAME_SAFE) + (port or "")
+
+
 def request_url(exchange: Exchange) -> str:
     """Absolute URL: scheme from the connection's TLS-ness, authority from Host (or the
     server address when there is no Host header), then the request target."""
@@ -61,8 +87,11 @@ def request_url(exchange: Exchange) -> str:
     scheme = "https" if exchange.connection.tls else "http"
     target = request.target or "/"
     if target[:8].lower().startswith(("http://", "https://")):     # absolute-form (proxy requests)
-        return quote(target, safe=_URL_SAFE, encoding="latin-1")
-    host = (request.header("host") or "").strip()
+        scheme, rest = target.split("://", 1)
+        cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+        host, target = _authority(rest[:cut]), rest[cut:] or "/"
+    else:
+        host = _authority(request.header("host") or "")
     if not host:
         server = server_endpoint(exchange)
         if server is None:
@@ -71,12 +100,11 @@ def request_url(exchange: Exchange) -> str:
             host = f"[{server.ip}]" if ":" in server.ip else server.ip
         else:
             host = endpoint_text(server.ip, server.port)
-    host = quote(host, safe=_HOST_SAFE, encoding="latin-1")
     if request.method == "CONNECT" or target == "*":   # authority-form / asterisk-form
-        return f"{scheme}://{host}/"
+        return f"{scheme.lower()}://{host}/"
     if not target.startswith("/"):
         target = "/" + target
-    return f"{scheme}://{host}{quote(target, safe=_URL_SAFE, encoding='latin-1')}"
+    return f"{scheme.lower()}://{host}{_quote(target, _URL_SAFE)}"
 
 
 def _query_string(target: str | None) -> list[dict[str, str]]:
@@ -118,9 +146,12 @@ def _response_cookies(headers) -> list[dict[str, Any]]:
                 cookie["secure"] = True
             elif key == "expires":
                 try:
-                    cookie["expires"] = email.utils.parsedate_to_datetime(attr_value).isoformat()
-                except (TypeError, ValueError):
-                    pass
+                    expires = email.utils.parsedate_to_datetime(attr_value)
+                except (TypeError, ValueError, IndexError):
+                    continue
+                if expires.tzinfo is None:   # "-0000" zone: UTC with unknown origin
+                    expires = expires.replace(tzinfo=datetime.timezone.utc)
+                cookie["expires"] = expires.isoformat()
         cookies.append(cookie)
     return cookies
 

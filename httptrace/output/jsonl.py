@@ -10,15 +10,53 @@ import base64
 import json
 from typing import IO, Any
 
-from httptrace.exchange import Endpoint, Exchange, Message
+from httptrace.exchange import Connection, Endpoint, Exchange, Message
 from httptrace.output import OutputOptions, body_as_text, iso_utc
 from httptrace.redact import Redactor
 
-_encode = json.JSONEncoder(ensure_ascii=True, check_circular=False).encode
+
+def _strict_default(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_SELF_TEST = {"a": [1, 2.5, None, True], "b": (("x", "caf\xe9 \u20ac\n"),), "c": {"d": -0.001}}
+
+
+def _make_encoder():
+    """json.dumps builds a new C encoder on every call; build it once.  Its constructor is
+    private and changed between Python versions, so the result must match json.dumps on a
+    sample or the plain (slower) public encoder is used."""
+    fallback = json.JSONEncoder(check_circular=False).encode
+    try:
+        encoder = json.encoder.c_make_encoder(None, _strict_default, json.encoder.encode_basestring_ascii,
+                                              None, ": ", ", ", False, False, True)
+
+        def encode(value: Any) -> str:
+            return "".join(encoder(value, 0))
+
+        if encode(_SELF_TEST) == json.dumps(_SELF_TEST):
+            return encode
+    except Exception:  # no C accelerator, or another signature: use the public API
+        pass
+    return fallback
+
+
+_encode = _make_encoder()
 
 
 def _endpoint(endpoint: Endpoint | None) -> dict[str, Any] | None:
     return None if endpoint is None else {"ip": endpoint.ip, "port": endpoint.port}
+
+
+def _connection_fields(connection: Connection) -> dict[str, Any]:
+    return {
+        "pid": connection.pid,
+        "comm": connection.comm,
+        "role": connection.role.value,
+        "local": _endpoint(connection.local),
+        "remote": _endpoint(connection.remote),
+        "tls": connection.tls,
+    }
 
 
 def _body_fields(message: Message, include_bodies: bool) -> tuple[str | None, str | None]:
@@ -30,9 +68,8 @@ def _body_fields(message: Message, include_bodies: bool) -> tuple[str | None, st
     return base64.b64encode(message.body).decode("ascii"), "base64"
 
 
-def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: bool = True) -> dict[str, Any]:
-    """The JSON object for one exchange (also what tests and other tools can reuse)."""
-    connection = exchange.connection
+def _exchange_fields(exchange: Exchange, redactor: Redactor, include_bodies: bool) -> dict[str, Any]:
+    """Everything after the connection's fields: latency, request, response, flags."""
     request = exchange.request
     response = exchange.response
     latency = exchange.latency_ns
@@ -63,13 +100,6 @@ def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: boo
             "truncated": response.truncated,
         }
     return {
-        "time": iso_utc(request.first_byte_ns),
-        "pid": connection.pid,
-        "comm": connection.comm,
-        "role": connection.role.value,
-        "local": _endpoint(connection.local),
-        "remote": _endpoint(connection.remote),
-        "tls": connection.tls,
         "latency_ms": None if latency is None else round(latency / 1_000_000, 3),
         "request": request_obj,
         "response": response_obj,
@@ -77,9 +107,36 @@ def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: boo
     }
 
 
+def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: bool = True) -> dict[str, Any]:
+    """The JSON object for one exchange, as a dict (for tools that post-process)."""
+    return {"time": iso_utc(exchange.request.first_byte_ns),
+            **_connection_fields(exchange.connection),
+            **_exchange_fields(exchange, redactor, include_bodies)}
+
+
+# A keep-alive connection carries many exchanges: its fields are encoded once.  Keyed by
+# id() with the object kept alongside, so a reused id can never return a stale fragment.
+_CONNECTION_CACHE_LIMIT = 4096
+_connection_fragments: dict[int, tuple[Connection, str]] = {}
+
+
+def _connection_fragment(connection: Connection) -> str:
+    cached = _connection_fragments.get(id(connection))
+    if cached is not None and cached[0] is connection:
+        return cached[1]
+    fragment = _encode(_connection_fields(connection))[1:-1]   # '"pid": 1, ..., "tls": false'
+    if len(_connection_fragments) >= _CONNECTION_CACHE_LIMIT:
+        _connection_fragments.clear()
+    _connection_fragments[id(connection)] = (connection, fragment)
+    return fragment
+
+
 def exchange_to_json(exchange: Exchange, redactor: Redactor, include_bodies: bool = True) -> str:
-    """One JSON Lines record, without the newline."""
-    return _encode(exchange_to_dict(exchange, redactor, include_bodies))
+    """One JSON Lines record without the newline; the same object as exchange_to_dict,
+    spliced from pieces because this runs once per exchange on the hot path."""
+    rest = _encode(_exchange_fields(exchange, redactor, include_bodies))
+    return (f'{{"time": "{iso_utc(exchange.request.first_byte_ns)}", '
+            f'{_connection_fragment(exchange.connection)}, {rest[1:]}')
 
 
 class JsonLinesWriter:
@@ -91,7 +148,7 @@ class JsonLinesWriter:
         self._include_bodies = options.include_bodies
 
     def write(self, exchange: Exchange) -> None:
-        self._stream.write(_encode(exchange_to_dict(exchange, self._redactor, self._include_bodies)) + "\n")
+        self._stream.write(exchange_to_json(exchange, self._redactor, self._include_bodies) + "\n")
         self._stream.flush()
 
     def close(self) -> None:

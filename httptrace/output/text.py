@@ -23,8 +23,10 @@ _BOLD = "\x1b[1m"
 _STATUS_COLORS = {1: "\x1b[37m", 2: "\x1b[32m", 3: "\x1b[36m", 4: "\x1b[33m", 5: "\x1b[31m"}
 _FLAG_COLOR = "\x1b[35m"
 
-# C0 controls (but tab and newline), DEL and C1 controls -> visible escapes.
+# C0 controls (but tab and newline), DEL, C1 controls and the bidirectional overrides
+# (which can make a shown line read differently from what was sent) -> visible escapes.
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)}
+_ESCAPES.update({c: f"\\u{c:04x}" for c in (*range(0x200E, 0x2010), *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
 _LINE_ESCAPES = {**_ESCAPES, 0x09: "\\t", 0x0A: "\\n"}
 
 
@@ -127,8 +129,8 @@ def _body_lines(message: Message, not_visible: bool) -> list[str]:
         lines.append(f"[binary body: {len(data)} bytes] {preview}{more}")
     notes = []
     if decoded:
-        notes.append(f"decoded {safe_line(message.header('content-encoding') or '')} "
-                     f"from {len(message.body)} bytes")
+        coding = message.header("content-encoding") or message.header("transfer-encoding") or ""
+        notes.append(f"decoded {safe_line(coding)} from {len(message.body)} bytes")
     if message.truncated:
         notes.append(f"truncated: {len(message.body)} of {message.body_size} bytes captured")
     if notes:

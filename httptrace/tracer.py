@@ -58,7 +58,7 @@ class Tracer:
         self._offset_ns = 0
         self._pending: list = []  # decoded events, when iterating events()
         self._reassembler = None  # a sessions.Reassembler while exchanges() runs
-        self._counts = {"events": 0, "bytes": 0}
+        self._counts = {"events": 0, "bytes": 0, "connections": 0}  # connections: HTTP ones seen
         self._last_drops = 0
         self._ncpus = 1
 
@@ -147,6 +147,7 @@ class Tracer:
             self._counts["bytes"] += head.len
             self._sink_data(head, payload)
         elif kind == EventType.OPEN:
+            self._counts["connections"] += 1
             self._sink_open(events.OpenEvent.from_buffer_copy(raw))
         elif kind == EventType.CLOSE:
             self._sink_close(events.CloseEvent.from_buffer_copy(raw))
@@ -274,7 +275,9 @@ class Tracer:
         stats = dict(self._counts)
         stats["drops"] = sum(self.drops().values())
         if self._reassembler is not None:
-            stats.update(self._reassembler.stats)
+            reassembler = dict(self._reassembler.stats)
+            reassembler["connections_open"] = reassembler.pop("connections", 0)
+            stats.update(reassembler)
         return stats
 
 

@@ -159,10 +159,37 @@ def test_errors_are_one_readable_line(case, args, env, expected):
     assert len(errors) == 1 and expected in errors[0], result.stderr
 
 
-def test_non_root_user_gets_one_readable_line():
-    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *HTTPTRACE, "-c", "1"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
+def readable_copy_for_nobody(tmp_path) -> str:
+    """httptrace and its dependencies copied where an unprivileged user can read them (the checkout
+    may live under root's 0700 home)."""
+    import importlib
+    import shutil as sh
+
+    site = tmp_path / "site"
+    for name in ("httptrace", "structlog", "cffi", "elftools", "_cffi_backend"):
+        module = importlib.import_module(name)
+        src = module.__file__
+        if os.path.basename(src) == "__init__.py":
+            sh.copytree(os.path.dirname(src), site / name, ignore=sh.ignore_patterns("__pycache__"))
+        else:
+            os.makedirs(site, exist_ok=True)
+            sh.copy2(src, site)
+    for path in [tmp_path, *tmp_path.parents]:
+        if str(path) in ("/", "/tmp"):
+            break
+        os.chmod(path, 0o755)
+    subprocess.run(["chmod", "-R", "a+rX", str(tmp_path)], check=True)
+    return str(site)
+
+
+def test_non_root_user_gets_one_readable_line(tmp_path):
+    site = readable_copy_for_nobody(tmp_path)
+    python = os.path.realpath(sys.executable)
+    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                             python, "-m", "httptrace", "-c", "1"], cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": site}, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "CAP_BPF" in result.stderr and "root" in result.stderr

@@ -1,0 +1,512 @@
+"""Stage 3 of reassembly: connections, request/response pairing, expiry and memory bounds.
+
+The `Reassembler` is what the loader talks to: it gets open/data/close events keyed by
+(pid, fd, tsid) and hands back `Exchange`s.  Per connection it keeps, for each direction, a
+`streams.DirectionStream` (orders events, finds gaps) feeding an `http1.MessageReader` (frames
+messages), and it is the readers' sink: it pairs each final response with the oldest request still
+waiting for one, decides the connection's role from who sends the requests, and turns finished
+pairs into exchanges.
+
+Nothing here raises to the caller: an unexpected error inside is counted (`internal_errors`) and the
+connection is restarted as if caught mid-stream.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+
+import structlog
+
+from .exchange import Connection, Exchange, Role
+from .http1 import (EITHER, F_INCOMPLETE, F_MID_STREAM, F_TRUNCATED, LOST, NOT_VISIBLE, OPAQUE, PAUSED, REQUEST,
+                    RESPONSE, TRUNCATED, MessageBuilder, MessageReader, decoded_body, flags_of,
+                    switches_protocol)
+from .streams import DirectionStream, Gap
+
+__all__ = ["Reassembler", "decoded_body"]
+
+log = structlog.get_logger("httptrace.sessions")
+
+EGRESS = 0
+INGRESS = 1
+MAX_PENDING_REQUESTS = 1024   # requests waiting for responses on one connection (pipelining bound)
+_LOGGED_ERRORS = 10           # internal errors logged in full; the rest are only counted
+
+_STAT_KEYS = ("exchanges", "incomplete", "gaps", "truncated", "parse_errors", "orphan_responses",
+              "lost_requests", "lost_responses", "skipped_bytes", "framing_lost", "interim_responses",
+              "upgrades", "opaque_bytes", "bodies_cut", "buffer_overflows", "evicted_requests",
+              "reordered", "duplicates", "internal_errors")
+
+
+class _Pending:
+    """One request on a connection and what we know of its response."""
+
+    __slots__ = ("request", "response", "response_lost", "extra_flags")
+
+    def __init__(self, request: MessageBuilder | None):
+        self.request = request          # None: a request we know was sent but could not read
+        self.response: MessageBuilder | None = None
+        self.response_lost = False      # its response was sent but could not be read
+        self.extra_flags = 0
+
+
+class _Session:
+    """One traced connection: two directions, the requests waiting for responses; the readers' sink."""
+
+    def __init__(self, owner: Reassembler, key, connection: Connection, *, mid_stream: bool, start: int | None):
+        self.owner = owner
+        self.key = key
+        self.connection = connection
+        self.role = connection.role
+        self.exchange_connection = connection
+        self.conn_flags = F_MID_STREAM if mid_stream else 0
+        if connection.role is Role.CLIENT:
+            kinds = (REQUEST, RESPONSE)
+        elif connection.role is Role.SERVER:
+            kinds = (RESPONSE, REQUEST)
+        else:
+            kinds = (EITHER, EITHER)
+        self.readers = tuple(MessageReader(kind, self, max_body=owner.max_body, max_header=owner.max_header,
+                                           mid_stream=mid_stream, stats=owner._stats) for kind in kinds)
+        self.streams = tuple(DirectionStream(start, window=owner.reorder_window, timeout_ns=owner.reorder_timeout_ns,
+                                             max_held_bytes=owner.max_connection_buffer) for _ in kinds)
+        self.pending: deque[_Pending] = deque()
+        self.paused_on: _Pending | None = None   # the would-be upgrade the request reader waits on
+        self.last_ts: int | None = None
+        self.buffered = 0                        # bytes counted in the owner's total for this session
+
+    # -- sink interface for the two MessageReaders --------------------------------------------------
+
+    def kind_decided(self, reader: MessageReader) -> None:
+        egress, ingress = self.readers
+        other = ingress if reader is egress else egress
+        other.set_kind(RESPONSE if reader.kind == REQUEST else REQUEST)
+        egress_sends_requests = (reader is egress) == (reader.kind == REQUEST)
+        self._set_role(Role.CLIENT if egress_sends_requests else Role.SERVER)
+
+    def message_started(self, reader: MessageReader, b: MessageBuilder) -> str | None:
+        pending = self.pending
+        if b.is_request:
+            if len(pending) >= MAX_PENDING_REQUESTS:
+                self._evict_oldest()
+            entry = _Pending(b)
+            b.entry = entry
+            pending.append(entry)
+            return None
+        entry = None
+        for candidate in pending:
+            if candidate.response is None and not candidate.response_lost:
+                entry = candidate
+                break
+        if entry is None or entry.request is None or entry.request.first_ts > b.first_ts:
+            # Nothing (we saw) asked for it: caught mid-stream, or it answers a request we lost.
+            if entry is not None and entry.request is None:
+                pending.remove(entry)
+            b.orphan = True
+            self.owner._stats["orphan_responses"] += 1
+            if b.status == 101:     # whatever it answered, the connection is not HTTP any more
+                self.paused_on = None
+                self._request_reader().go_opaque()
+            return None
+        entry.response = b
+        b.entry = entry
+        method = entry.request.method
+        # The request reader may be waiting on this answer; it is the other reader, so calling it
+        # from inside this one's callback is safe (and must not wait: the next response in this
+        # very payload may answer a request that is still waiting in there).
+        if switches_protocol(method, b.status):
+            self.owner._stats["upgrades"] += 1
+            self.paused_on = None
+            self._request_reader().go_opaque()
+        elif entry is self.paused_on:
+            self.paused_on = None
+            self._request_reader().resume()
+        return method
+
+    def message_finished(self, reader: MessageReader, b: MessageBuilder) -> int | None:
+        entry = getattr(b, "entry", None)
+        if entry is None:           # orphan response, or an evicted request
+            return None
+        following = None
+        if b.is_request and (b.method == "CONNECT" or b.upgrade) and not (b.broken or b.cut_off):
+            # What follows may not be HTTP: wait for the response to say whether the protocol switches.
+            if entry.response is None and not entry.response_lost:
+                self.paused_on = entry
+                following = PAUSED
+            elif entry.response is not None and switches_protocol(b.method, entry.response.status):
+                following = OPAQUE
+        self._try_emit(entry)
+        return following
+
+    def message_lost(self, reader: MessageReader, bits: int) -> None:
+        stats = self.owner._stats
+        if reader.kind == REQUEST:
+            # Its response will come: a placeholder keeps the following responses paired right.
+            stats["lost_requests"] += 1
+            if len(self.pending) >= MAX_PENDING_REQUESTS:
+                self._evict_oldest()
+            self.pending.append(_Pending(None))
+        elif reader.kind == RESPONSE:
+            stats["lost_responses"] += 1
+            for entry in self.pending:
+                if entry.response is None and not entry.response_lost:
+                    if entry.request is None:
+                        self.pending.remove(entry)
+                        return
+                    entry.response_lost = True
+                    entry.extra_flags |= bits
+                    if entry is self.paused_on:
+                        self.paused_on = None
+                        self._request_reader().resume()
+                    self._try_emit(entry)
+                    return
+
+    # -- pairing and output -------------------------------------------------------------------------
+
+    def _request_reader(self) -> MessageReader:
+        egress, ingress = self.readers
+        return egress if egress.kind == REQUEST else ingress
+
+    def _set_role(self, role: Role) -> None:
+        self.role = role
+        self.exchange_connection = dataclasses.replace(self.connection, role=role)
+
+    def _try_emit(self, entry: _Pending) -> None:
+        request = entry.request
+        if request is None or not request.done:
+            return
+        response = entry.response
+        if response is None:
+            if not entry.response_lost:
+                return
+        elif not response.done:
+            return
+        pending = self.pending
+        if pending and pending[0] is entry:
+            pending.popleft()
+        else:
+            try:
+                pending.remove(entry)
+            except ValueError:
+                pass
+        self._emit(entry)
+
+    def _emit(self, entry: _Pending) -> None:
+        request = entry.request
+        response = entry.response
+        bits = request.flags | self.conn_flags | entry.extra_flags
+        if response is None:
+            bits |= F_INCOMPLETE
+        else:
+            bits |= response.flags
+            if response.cut_off:
+                bits |= F_INCOMPLETE
+        if request.cut_off:
+            bits |= F_INCOMPLETE
+        exchange = Exchange(self.exchange_connection, request.build(),
+                            response.build() if response is not None else None, flags_of(bits))
+        self.owner._completed(exchange, bits)
+
+    def _evict_oldest(self) -> None:
+        entry = self.pending.popleft()
+        self.owner._stats["evicted_requests"] += 1
+        if entry is self.paused_on:
+            self.paused_on = None
+        if entry.request is not None:
+            entry.request.entry = None
+            if entry.response is not None:
+                entry.response.entry = None
+            entry.extra_flags |= F_INCOMPLETE
+            self._emit(entry)
+
+    def finish(self, ts_ns: int, eof: bool) -> None:
+        """The connection closed (eof) or we stop watching it: emit everything it still holds."""
+        for direction in (EGRESS, INGRESS):
+            self.owner._feed(self, direction, self.streams[direction].release())
+        for reader in self.readers:
+            if eof:
+                reader.receive_eof(ts_ns)
+            else:
+                reader.abort(ts_ns)
+        while self.pending:
+            entry = self.pending.popleft()
+            if entry.request is not None:
+                self._emit(entry)
+
+    # -- memory -------------------------------------------------------------------------------------
+
+    def measure(self) -> tuple[int, int]:
+        """(unparsed bytes, all buffered bytes) this connection holds now."""
+        egress, ingress = self.readers
+        out_stream, in_stream = self.streams
+        if not (self.pending or egress.message or ingress.message or egress.buffer or ingress.buffer
+                or out_stream.held or in_stream.held or egress.deferred or ingress.deferred):
+            return 0, 0     # between exchanges, the usual state
+        unparsed = (len(egress.buffer) + len(ingress.buffer) + egress.deferred_bytes + ingress.deferred_bytes
+                    + out_stream.held_bytes + in_stream.held_bytes)
+        total = unparsed
+        if egress.message is not None:
+            total += egress.message.kept
+        if ingress.message is not None:
+            total += ingress.message.kept
+        for entry in self.pending:
+            request = entry.request
+            if request is not None and request.done:
+                total += request.kept
+            response = entry.response
+            if response is not None and response.done:
+                total += response.kept
+        return unparsed, total
+
+    def bodies(self) -> list[MessageBuilder]:
+        """Builders holding body bytes, for the global cap."""
+        found = [reader.message for reader in self.readers if reader.message is not None and reader.message.kept]
+        for entry in self.pending:
+            for b in (entry.request, entry.response):
+                if b is not None and b.done and b.kept:
+                    found.append(b)
+        return found
+
+
+class Reassembler:
+    """Turns the kernel's connection events into HTTP exchanges.  See the module docstring."""
+
+    def __init__(self, *, max_body: int = 1 << 20, max_connection_buffer: int = 1 << 20,
+                 max_total_buffer: int = 256 << 20, idle_timeout_ns: int = 60_000_000_000,
+                 max_header: int = 64 << 10, reorder_window: int = 4, reorder_timeout_ns: int = 250_000_000):
+        self.max_body = max_body
+        self.max_connection_buffer = max_connection_buffer
+        self.max_total_buffer = max_total_buffer
+        self.idle_timeout_ns = idle_timeout_ns
+        self.max_header = max_header
+        self.reorder_window = reorder_window
+        self.reorder_timeout_ns = reorder_timeout_ns
+        self._sessions: dict[tuple[int, int, int], _Session] = {}
+        self._holding: set = set()          # keys of sessions with out-of-order segments held
+        self._out: list[Exchange] = []
+        self._stats: dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
+        self._buffered = 0
+        self._next_sweep_ns = 0
+        self._sweep_every_ns = max(1, min(1_000_000_000, idle_timeout_ns // 10))
+
+    # -- the loader's interface ---------------------------------------------------------------------
+
+    def open(self, key: tuple[int, int, int], connection: Connection) -> None:
+        try:
+            session = self._sessions.get(key)
+            if session is None:
+                # A connection whose accept()/connect() the kernel did not see started before we did.
+                self._sessions[key] = _Session(self, key, connection, mid_stream=connection.role is Role.UNKNOWN,
+                                               start=0)
+                return
+            # Its data came first (events out of order): keep the state, take the better description.
+            session.connection = connection
+            if session.role is Role.UNKNOWN and connection.role is not Role.UNKNOWN:
+                egress, ingress = session.readers
+                if egress.kind == EITHER and ingress.kind == EITHER:
+                    client = connection.role is Role.CLIENT
+                    egress.set_kind(REQUEST if client else RESPONSE)
+                    ingress.set_kind(RESPONSE if client else REQUEST)
+                    session._set_role(connection.role)
+                    return
+            session._set_role(session.role)
+        except Exception as error:
+            self._internal_error(key, error)
+
+    def data(self, key: tuple[int, int, int], direction: int, pos: int, payload: bytes, not_copied: int,
+             ts_ns: int, *, not_visible: bool = False) -> None:
+        try:
+            session = self._sessions.get(key)
+            if session is None:
+                session = self._sessions[key] = _Session(
+                    self, key, Connection(pid=key[0], fd=key[1], tsid=key[2], comm="", local=None, remote=None,
+                                          role=Role.UNKNOWN), mid_stream=True, start=None)
+            if session.last_ts is None or ts_ns > session.last_ts:
+                session.last_ts = ts_ns
+            stream = session.streams[direction]
+            if stream.expected == pos and not stream.held:
+                # In order, nothing waiting: the common case skips the stream's bookkeeping.
+                stream.expected = pos + len(payload) + not_copied
+                reader = session.readers[direction]
+                if payload:
+                    reader.receive_data(payload, ts_ns)
+                if not_copied:
+                    reader.receive_missing(not_copied, ts_ns, NOT_VISIBLE if not_visible else TRUNCATED)
+            else:
+                self._feed(session, direction, stream.push(pos, payload, not_copied, ts_ns, not_visible))
+                if stream.held:
+                    self._holding.add(key)
+            self._account(session)
+        except Exception as error:
+            self._internal_error(key, error)
+
+    def close(self, key: tuple[int, int, int], ts_ns: int) -> None:
+        self._end_session(key, ts_ns, eof=True)
+
+    def expire(self, now_ns: int) -> None:
+        try:
+            if self._holding:
+                self._release_stale(now_ns)
+            if now_ns < self._next_sweep_ns:
+                return
+            self._next_sweep_ns = now_ns + self._sweep_every_ns
+            idle = []
+            for key, session in self._sessions.items():
+                if session.last_ts is None:
+                    session.last_ts = now_ns     # opened, never used: idle from now
+                elif now_ns - session.last_ts >= self.idle_timeout_ns:
+                    idle.append(key)
+            for key in idle:
+                self._end_session(key, now_ns, eof=False)
+        except Exception as error:
+            self._internal_error(None, error)
+
+    def flush(self, now_ns: int) -> None:
+        for key in list(self._sessions):
+            self._end_session(key, now_ns, eof=False)
+        self._holding.clear()
+        self._buffered = 0
+
+    def drain(self) -> list[Exchange]:
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def stats(self) -> dict[str, int]:
+        stats = dict(self._stats)
+        for session in self._sessions.values():
+            for stream in session.streams:
+                stats["reordered"] += stream.reordered
+                stats["duplicates"] += stream.duplicates
+        stats["connections"] = len(self._sessions)
+        stats["buffered_bytes"] = self._buffered
+        return stats
+
+    def buffered_by_connection(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+        """(unparsed, all buffered) bytes per connection: for tests and debugging."""
+        return {key: session.measure() for key, session in self._sessions.items()}
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _completed(self, exchange: Exchange, bits: int) -> None:
+        self._out.append(exchange)
+        stats = self._stats
+        stats["exchanges"] += 1
+        if bits & F_INCOMPLETE:
+            stats["incomplete"] += 1
+        if bits & F_TRUNCATED:
+            stats["truncated"] += 1
+
+    def _feed(self, session: _Session, direction: int, pieces: list) -> None:
+        reader = session.readers[direction]
+        for piece in pieces:
+            if type(piece) is Gap:
+                self._stats["gaps"] += 1
+                reader.receive_missing(piece.size, piece.ts_ns, LOST)
+            else:
+                if piece.payload:
+                    reader.receive_data(piece.payload, piece.ts_ns)
+                if piece.not_copied:
+                    reader.receive_missing(piece.not_copied, piece.ts_ns,
+                                           NOT_VISIBLE if piece.not_visible else TRUNCATED)
+
+    def _release_stale(self, now_ns: int) -> None:
+        for key in list(self._holding):
+            session = self._sessions.get(key)
+            if session is None:
+                self._holding.discard(key)
+                continue
+            for direction, stream in enumerate(session.streams):
+                self._feed(session, direction, stream.release_stale(now_ns))
+            if not (session.streams[0].held or session.streams[1].held):
+                self._holding.discard(key)
+            self._account(session)
+
+    def _account(self, session: _Session) -> None:
+        """Keep the buffered-bytes total current and enforce the per-connection and global caps."""
+        unparsed, total = session.measure()
+        if unparsed > self.max_connection_buffer:
+            self._stats["buffer_overflows"] += 1
+            unparsed, total = self._shrink_unparsed(session, self.max_connection_buffer)
+        self._buffered += total - session.buffered
+        session.buffered = total
+        if self._buffered > self.max_total_buffer:
+            self._shrink_all()
+
+    def _shrink_unparsed(self, session: _Session, limit: int) -> tuple[int, int]:
+        # First give up waiting for holes (held segments go to the readers, with gaps)...
+        for direction, stream in enumerate(session.streams):
+            if stream.held:
+                self._feed(session, direction, stream.release())
+        unparsed, total = session.measure()
+        # ... then drop what the readers could not parse yet, largest first.
+        for reader in sorted(session.readers, key=lambda r: len(r.buffer) + r.deferred_bytes, reverse=True):
+            if unparsed <= limit:
+                break
+            reader.discard_buffer()
+            unparsed, total = session.measure()
+        return unparsed, total
+
+    def _shrink_all(self) -> None:
+        """Over the global cap: cut the oldest partial bodies, down to 7/8 of the cap (so that we do
+        not come back here on every event), then, if unparsed bytes alone are too many, drop those."""
+        target = self.max_total_buffer - self.max_total_buffer // 8
+        bodies = [b for session in self._sessions.values() for b in session.bodies()]
+        bodies.sort(key=lambda b: b.first_ts)
+        total = self._buffered
+        for b in bodies:
+            if total <= target:
+                break
+            total -= b.cut()
+            self._stats["bodies_cut"] += 1
+        self._recount()
+        if self._buffered > self.max_total_buffer:
+            by_unparsed = sorted(self._sessions.values(), key=lambda s: s.measure()[0], reverse=True)
+            for session in by_unparsed:
+                if self._buffered <= target:
+                    break
+                for stream in session.streams:
+                    stream.drop_held()
+                for reader in session.readers:
+                    reader.discard_buffer()
+                self._stats["buffer_overflows"] += 1
+                self._recount()
+
+    def _recount(self) -> None:
+        total = 0
+        for session in self._sessions.values():
+            session.buffered = session.measure()[1]
+            total += session.buffered
+        self._buffered = total
+
+    def _end_session(self, key, ts_ns: int, eof: bool) -> None:
+        session = self._sessions.pop(key, None)
+        if session is None:
+            return
+        self._holding.discard(key)
+        self._buffered -= session.buffered
+        for stream in session.streams:
+            self._stats["reordered"] += stream.reordered
+            self._stats["duplicates"] += stream.duplicates
+        try:
+            session.finish(ts_ns, eof)
+        except Exception as error:
+            self._internal_error(None, error)
+
+    def _internal_error(self, key, error: Exception) -> None:
+        """A bug of ours met an input we did not foresee: count it, restart the connection, go on."""
+        self._stats["internal_errors"] += 1
+        if self._stats["internal_errors"] <= _LOGGED_ERRORS:
+            log.warning("reassembler error; connection restarted", key=key, error=repr(error), exc_info=error)
+        session = self._sessions.pop(key, None) if key is not None else None
+        if session is None:
+            self._recount()
+            return
+        self._holding.discard(key)
+        try:
+            fresh = _Session(self, key, session.exchange_connection, mid_stream=True, start=None)
+            fresh.last_ts = session.last_ts
+            self._sessions[key] = fresh
+        except Exception:
+            pass
+        self._recount()

@@ -138,6 +138,7 @@ class MessageBuilder:
     broken = False                # it ended early because framing was lost (gap, parse error)
     cut_off = False               # it ended early because the connection closed or we stopped watching
     orphan = False                # a response that answers no request we saw
+    entry = None                  # the session's pairing record (sessions._Pending)
 
     def __init__(self) -> None:
         self.parts: list = []

@@ -124,7 +124,7 @@ class _Session:
         return method
 
     def message_finished(self, reader: MessageReader, b: MessageBuilder) -> int | None:
-        entry = getattr(b, "entry", None)
+        entry = b.entry
         if entry is None:           # orphan response, or an evicted request
             return None
         following = None
@@ -341,7 +341,10 @@ class Reassembler:
             self._internal_error(key, error)
 
     def close(self, key: tuple[int, int, int], ts_ns: int) -> None:
-        self._end_session(key, ts_ns, eof=True)
+        try:
+            self._end_session(key, ts_ns, eof=True)
+        except Exception as error:
+            self._internal_error(None, error)
 
     def expire(self, now_ns: int) -> None:
         try:
@@ -363,7 +366,11 @@ class Reassembler:
 
     def flush(self, now_ns: int) -> None:
         for key in list(self._sessions):
-            self._end_session(key, now_ns, eof=False)
+            try:
+                self._end_session(key, now_ns, eof=False)
+            except Exception as error:
+                self._internal_error(None, error)
+        self._sessions.clear()
         self._holding.clear()
         self._buffered = 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import ipaddress
+import struct
 from dataclasses import dataclass
 
 COMM_LEN = 16
@@ -94,6 +95,34 @@ MIRRORS = {
 }
 
 DATA_OFFSET = ctypes.sizeof(DataEventHead)
+
+_STRUCT_CODES = {ctypes.c_uint8: "B", ctypes.c_uint16: "H", ctypes.c_uint32: "I", ctypes.c_int32: "i",
+                 ctypes.c_uint64: "Q"}
+
+
+def flat_struct(mirror: type[ctypes.Structure]) -> struct.Struct:
+    """A struct.Struct reading `mirror` as one flat tuple (nested structs inlined, byte arrays as bytes).
+
+    The hot path decodes with this (one C call, no ctypes object per event); it is derived from the
+    ctypes mirror, which the contract test checks against the object's BTF."""
+    def codes(cls) -> str:
+        out = ""
+        for _name, ftype in cls._fields_:
+            if isinstance(ftype, type) and issubclass(ftype, ctypes.Structure):
+                out += codes(ftype)
+            elif isinstance(ftype, type) and issubclass(ftype, ctypes.Array):
+                out += f"{ftype._length_}s"
+            else:
+                out += _STRUCT_CODES[ftype]
+        return out
+
+    flat = struct.Struct("<" + codes(mirror))
+    assert flat.size == ctypes.sizeof(mirror), f"{mirror.__name__} has implicit padding"
+    return flat
+
+
+# type, _pad0, ts_ns, tgid, fd, tsid, pos, len, not_copied, direction, flags, _pad0
+DATA_HEAD = flat_struct(DataEventHead)
 
 
 def address(family: int, raw: bytes) -> str:

@@ -20,6 +20,7 @@ import structlog
 from . import checks, events
 from .events import DataFlags, Direction, EventType, RoleHint
 from .exchange import Connection, Endpoint, Exchange, Role
+from ._libbpf import ffi
 from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 
 log = structlog.get_logger("httptrace.tracer")
@@ -32,6 +33,13 @@ SWEEP_EVERY_S = 2.0        # forget connections of processes that exited without
 
 _ROLE_OF_HINT = {RoleHint.UNKNOWN: Role.UNKNOWN, RoleHint.SERVER: Role.SERVER, RoleHint.CLIENT: Role.CLIENT}
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_DATA_HEAD = events.DATA_HEAD.unpack_from
+_DATA_OFFSET = events.DATA_OFFSET
+_NOT_VISIBLE = int(DataFlags.NOT_VISIBLE)  # a plain int: IntFlag arithmetic is slow on the hot path
+
+
+_ffi_buffer = ffi.buffer
 
 
 def _monotonic_to_wall_offset() -> int:
@@ -136,16 +144,14 @@ class Tracer:
 
     def _on_sample(self, data, size: int) -> None:
         """Called by libbpf for each event; decodes it and hands it to the current sink."""
-        from ._libbpf import ffi
-
-        raw = ffi.buffer(data, size)
-        kind = ctypes.c_uint32.from_buffer(raw).value
+        raw = _ffi_buffer(data, size)
         self._counts["events"] += 1
+        kind = _U32.unpack_from(raw)[0]
         if kind == EventType.DATA:
-            head = events.DataEventHead.from_buffer(raw)
-            payload = raw[events.DATA_OFFSET: events.DATA_OFFSET + head.len]
-            self._counts["bytes"] += head.len
-            self._sink_data(head, payload)
+            (_, _, ts_ns, tgid, fd, tsid, pos, length, not_copied, direction, flags, _) = _DATA_HEAD(raw)
+            self._counts["bytes"] += length
+            self._sink_data((tgid, fd, tsid), ts_ns + self._offset_ns, direction, pos,
+                            raw[_DATA_OFFSET:_DATA_OFFSET + length], not_copied, flags)
         elif kind == EventType.OPEN:
             self._counts["connections"] += 1
             self._sink_open(events.OpenEvent.from_buffer_copy(raw))
@@ -167,11 +173,9 @@ class Tracer:
     def _queue_open(self, ev) -> None:
         self._pending.append(self._decode_open(ev))
 
-    def _queue_data(self, head, payload: bytes) -> None:
-        self._pending.append(events.Data(
-            conn=self._key(head.hdr.conn), ts_ns=head.hdr.ts_ns + self._offset_ns,
-            direction=Direction(head.direction), pos=head.pos, payload=payload,
-            not_copied=head.not_copied, flags=DataFlags(head.flags)))
+    def _queue_data(self, conn, ts_ns, direction, pos, payload, not_copied, flags) -> None:
+        self._pending.append(events.Data(conn=conn, ts_ns=ts_ns, direction=Direction(direction), pos=pos,
+                                         payload=payload, not_copied=not_copied, flags=DataFlags(flags)))
 
     def _queue_close(self, ev) -> None:
         self._pending.append(events.Close(conn=self._key(ev.hdr.conn), ts_ns=ev.hdr.ts_ns + self._offset_ns,
@@ -185,11 +189,9 @@ class Tracer:
             local=Endpoint(*opened.local), remote=Endpoint(*opened.remote),
             role=_ROLE_OF_HINT[opened.role_hint], tls=opened.tls))
 
-    def _reassemble_data(self, head, payload: bytes) -> None:
-        conn = head.hdr.conn
-        self._reassembler.data((conn.tgid, conn.fd, conn.tsid), head.direction, head.pos, payload,
-                               head.not_copied, head.hdr.ts_ns + self._offset_ns,
-                               not_visible=bool(head.flags & DataFlags.NOT_VISIBLE))
+    def _reassemble_data(self, conn, ts_ns, direction, pos, payload, not_copied, flags) -> None:
+        self._reassembler.data(conn, direction, pos, payload, not_copied, ts_ns,
+                               not_visible=bool(flags & _NOT_VISIBLE))
 
     def _reassemble_close(self, ev) -> None:
         self._reassembler.close(self._key(ev.hdr.conn), ev.hdr.ts_ns + self._offset_ns)

@@ -46,3 +46,13 @@ def test_a_drifted_mirror_is_caught(layouts):
     found = mismatches(DriftedClose, layouts["ht_close_event"])
     assert any(line.startswith("size") for line in found)
     assert any(line.startswith("bytes:") for line in found)
+
+
+def test_hot_path_decoder_reads_what_ctypes_reads():
+    """events.DATA_HEAD (struct, used per event) and the ctypes mirror agree field by field."""
+    head = events.DataEventHead()
+    head.hdr.type, head.hdr.ts_ns = events.EventType.DATA, 123456789
+    head.hdr.conn.tgid, head.hdr.conn.fd, head.hdr.conn.tsid = 4242, -7, 99
+    head.pos, head.len, head.not_copied, head.direction, head.flags = 1 << 40, 512, 3, 1, 2
+    assert events.DATA_HEAD.unpack(bytes(head)) == (
+        events.EventType.DATA, 0, 123456789, 4242, -7, 99, 1 << 40, 512, 3, 1, 2, bytes(6))

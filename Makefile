@@ -9,8 +9,10 @@ ARGS ?=
 BUILD_PKGS := clang-16 llvm-16 libbpf-dev libelf-dev zlib1g-dev bpftool gcc pkg-config python3-dev python3-venv
 TEST_PKGS := nginx wrk curl golang-go nodejs iproute2 procps util-linux
 BENCH_PKGS := nginx wrk tcpdump tshark apache2-utils
+# tests/kernels: QEMU boots the kernels of tests/kernels/kernels.txt and runs the wheel on each.
+KERNEL_PKGS := qemu-system-x86 busybox-static curl openssl
 
-.PHONY: run test test-unit test-e2e bench wheel vmlinux clean sysdeps-build sysdeps-test build
+.PHONY: run test test-unit test-e2e test-kernels bench wheel vmlinux clean sysdeps-build sysdeps-test sysdeps-kernels build
 
 # Install Debian packages that are missing; apt-get update once, only if something is missing.
 define apt_ensure
@@ -28,6 +30,10 @@ sysdeps-build:
 sysdeps-test: sysdeps-build
 	$(call apt_ensure,$(TEST_PKGS))
 
+# Where apt cannot install QEMU, tests/kernels skips (and fails under CI=true, which must run it).
+sysdeps-kernels:
+	$(call apt_ensure,$(KERNEL_PKGS)) || { [ "$$CI" != true ] && echo "QEMU is not installable here: tests/kernels will skip"; }
+
 $(VENV)/.installed: pyproject.toml setup.py build.py | sysdeps-build
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel cffi
@@ -41,7 +47,7 @@ build: $(VENV)/.installed
 run: build
 	$(PY) -m httptrace $(ARGS)
 
-test: sysdeps-test build
+test: sysdeps-test sysdeps-kernels build
 	$(PY) -m pytest -ra tests
 
 test-unit: build
@@ -49,6 +55,10 @@ test-unit: build
 
 test-e2e: sysdeps-test build
 	$(PY) -m pytest -ra tests/e2e
+
+# The wheel, built once, on each kernel of tests/kernels/kernels.txt in a QEMU guest (see docs/kernels.md).
+test-kernels: sysdeps-kernels wheel
+	HTTPTRACE_WHEEL="$$(ls $(CURDIR)/wheelhouse/httptrace-*.whl)" $(PY) -m pytest -ra tests/kernels
 
 bench: sysdeps-test build
 	$(call apt_ensure,$(BENCH_PKGS))

@@ -412,54 +412,57 @@ static __always_inline struct pt_regs *syscall_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
-/* x86-64 syscall arguments: di, si, dx, r10, r8, r9. */
+/* x86-64 syscall arguments: di, si, dx, r10, r8, r9.
+ * The contexts are struct syscall_trace_exit/_enter, the layout syscall tracepoints really have, not
+ * trace_event_raw_sys_exit: on PREEMPT_RT kernels the two differ and CO-RE would move `ret` past the
+ * event (attach then fails with EACCES). */
 #define ARG1(r) BPF_CORE_READ(r, di)
 #define ARG2(r) BPF_CORE_READ(r, si)
 #define ARG3(r) BPF_CORE_READ(r, dx)
 
 SEC("tracepoint/syscalls/sys_exit_read")
-int exit_read(struct trace_event_raw_sys_exit *ctx)
+int exit_read(struct syscall_trace_exit *ctx)
 {
 	struct pt_regs *r = syscall_regs();
 	return on_data(ARG1(r), ctx->ret, ARG2(r), 0, 0, HT_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
+int exit_recvfrom(struct syscall_trace_exit *ctx)
 {
 	struct pt_regs *r = syscall_regs();
 	return on_data(ARG1(r), ctx->ret, ARG2(r), 0, 0, HT_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_write")
-int exit_write(struct trace_event_raw_sys_exit *ctx)
+int exit_write(struct syscall_trace_exit *ctx)
 {
 	struct pt_regs *r = syscall_regs();
 	return on_data(ARG1(r), ctx->ret, ARG2(r), 0, 0, HT_EGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int exit_sendto(struct trace_event_raw_sys_exit *ctx)
+int exit_sendto(struct syscall_trace_exit *ctx)
 {
 	struct pt_regs *r = syscall_regs();
 	return on_data(ARG1(r), ctx->ret, ARG2(r), 0, 0, HT_EGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_readv")
-int exit_readv(struct trace_event_raw_sys_exit *ctx)
+int exit_readv(struct syscall_trace_exit *ctx)
 {
 	struct pt_regs *r = syscall_regs();
 	return on_data(ARG1(r), ctx->ret, 0, ARG2(r), ARG3(r), HT_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_writev")
-int exit_writev(struct trace_event_raw_sys_exit *ctx)
+int exit_writev(struct syscall_trace_exit *ctx)
 {
 	struct pt_regs *r = syscall_regs();
 	return on_data(ARG1(r), ctx->ret, 0, ARG2(r), ARG3(r), HT_EGRESS);
 }
 
-static __always_inline int on_msg(struct trace_event_raw_sys_exit *ctx, __u8 direction)
+static __always_inline int on_msg(struct syscall_trace_exit *ctx, __u8 direction)
 {
 	struct pt_regs *r = syscall_regs();
 	struct user_msghdr msg;
@@ -469,19 +472,19 @@ static __always_inline int on_msg(struct trace_event_raw_sys_exit *ctx, __u8 dir
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int exit_recvmsg(struct trace_event_raw_sys_exit *ctx)
+int exit_recvmsg(struct syscall_trace_exit *ctx)
 {
 	return on_msg(ctx, HT_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
+int exit_sendmsg(struct syscall_trace_exit *ctx)
 {
 	return on_msg(ctx, HT_EGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
-int exit_sendfile(struct trace_event_raw_sys_exit *ctx)
+int exit_sendfile(struct syscall_trace_exit *ctx)
 {
 	if (ctx->ret <= 0)
 		return 0;
@@ -510,19 +513,19 @@ static __always_inline int on_new_socket(int fd, __u8 role_hint)
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")
-int exit_accept(struct trace_event_raw_sys_exit *ctx)
+int exit_accept(struct syscall_trace_exit *ctx)
 {
 	return ctx->ret < 0 ? 0 : on_new_socket(ctx->ret, HT_ROLE_SERVER);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int exit_accept4(struct trace_event_raw_sys_exit *ctx)
+int exit_accept4(struct syscall_trace_exit *ctx)
 {
 	return ctx->ret < 0 ? 0 : on_new_socket(ctx->ret, HT_ROLE_SERVER);
 }
 
 SEC("tracepoint/syscalls/sys_exit_connect")
-int exit_connect(struct trace_event_raw_sys_exit *ctx)
+int exit_connect(struct syscall_trace_exit *ctx)
 {
 	/* A non-blocking connect that is still under way has succeeded as far as we are concerned. */
 	if (ctx->ret != 0 && ctx->ret != -EINPROGRESS)
@@ -532,7 +535,7 @@ int exit_connect(struct trace_event_raw_sys_exit *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_close")
-int enter_close(struct trace_event_raw_sys_enter *ctx)
+int enter_close(struct syscall_trace_enter *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u64 key = ((__u64)tgid << 32) | (__u32)ctx->args[0];

@@ -1,0 +1,469 @@
+"""The root end-to-end subset, run inside a QEMU guest on another kernel with the installed wheel.
+
+run_kernels.py copies this file into the guest's scratch directory and runs it with the python of a venv
+that has only the wheel (and its PyPI dependencies) installed: nothing from the source tree is imported.
+Servers and clients are subprocesses (the tracer never traces its own process). Each check prints
+PASS/FAIL with a detail line; result.json (and verifier.log when a load failed) go to --out.
+
+Usage: python guest_check.py --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+OUT = "."
+RESULTS: list[dict] = []
+
+# Kernel features the object uses beyond the 5.8 ring buffer, with the release that brought each.
+HELPERS = (("bpf_ringbuf_reserve", 131, "5.8"), ("bpf_get_current_task_btf", 158, "5.11"),
+           ("bpf_task_pt_regs", 175, "5.15"), ("bpf_loop", 181, "5.17"))
+PROG_TYPES = (("tracepoint", 5), ("kprobe/uprobe", 2))
+
+
+def check(func):
+    """Run one check; an exception or AssertionError is a FAIL with its message, and the rest go on."""
+    name = func.__name__
+    started = time.monotonic()
+    try:
+        detail = func() or ""
+        ok = True
+    except Exception as exc:  # every failure is reported, never fatal to the other checks
+        detail = f"{type(exc).__name__}: {exc}"
+        ok = False
+        traceback.print_exc(file=sys.stdout)
+    seconds = time.monotonic() - started
+    RESULTS.append({"name": name, "ok": ok, "detail": detail, "seconds": round(seconds, 2)})
+    print(f"{'PASS' if ok else 'FAIL'} {name} ({seconds:.1f}s): {detail}", flush=True)
+    return ok
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def free_port(family=socket.AF_INET6) -> int:
+    with socket.socket(family) as s:
+        s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, host: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while time.monotonic() < deadline:
+        with socket.socket(family) as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {host}:{port}")
+
+
+def write_verifier_log(exc: BaseException) -> None:
+    """A failed load keeps libbpf's warnings (the verifier's log among them) on the exception."""
+    lines = getattr(exc, "verifier_log", None)
+    if lines is None:
+        return
+    path = os.path.join(OUT, "verifier.log")
+    with open(path, "a") as f:
+        f.write(f"== {exc}\n" + "\n".join(lines) + "\n")
+    print(f"verifier log of the failed load kept in {path}", flush=True)
+
+
+class Capture:
+    """Tracer.exchanges() collected in a thread for the duration of a `with` block."""
+
+    def __init__(self, **kwargs):
+        from httptrace.tracer import Tracer
+
+        self.tracer = Tracer(**kwargs)
+        self.exchanges: list = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            for ex in self.tracer.exchanges():
+                self.exchanges.append(ex)
+        except BaseException as exc:  # surfaced in __exit__
+            self.error = exc
+
+    def __enter__(self):
+        try:
+            self.tracer.__enter__()
+        except Exception as exc:
+            write_verifier_log(exc)
+            raise
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1.0)  # emulated CPUs are slow: let the last events reach the ring buffer
+        self.tracer.stop()
+        self.thread.join(60)
+        self.drops = self.tracer.drops()
+        self.tracer.__exit__(*exc)
+        if self.error:
+            raise self.error
+
+    def of(self, pid: int) -> list:
+        return [ex for ex in self.exchanges if ex.connection.pid == pid]
+
+
+class HttpServer:
+    """python -m http.server serving a directory, on :: (dual-stack) in a child process."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "::", "--directory", root,
+                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, "::1")
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def curl(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "-g", "--max-time", str(timeout), *args], capture_output=True,
+                          timeout=timeout + 10)
+
+
+def wire_head(message) -> bytes:
+    """The status line and headers as they were on the wire (HTTP/1.x: `Name: value` CRLF each)."""
+    lines = [f"{message.version} {message.status} {message.reason}"]
+    lines += [f"{k}: {v}" for k, v in message.headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def bpf_ids(kind: str = "prog") -> set[int]:
+    """Every BPF program (or map, or link) in the kernel by id: BPF_*_GET_NEXT_ID via the wheel's libbpf."""
+    get_next = getattr(ctypes.CDLL(libbpf_path()), f"bpf_{kind}_get_next_id")
+    ids, current, nxt = set(), 0, ctypes.c_uint32()
+    while get_next(ctypes.c_uint32(current), ctypes.byref(nxt)) == 0:
+        current = nxt.value
+        ids.add(current)
+    return ids
+
+
+def bpf_program_ids() -> set[int]:
+    return bpf_ids("prog")
+
+
+def libbpf_path() -> str:
+    import httptrace._libbpf  # noqa: F401  (maps the bundled libbpf)
+
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split(None, 5)[-1].strip()
+            if "/libbpf" in os.path.basename(path) or "libbpf-" in path or "libbpf.so" in path:
+                return path
+    raise RuntimeError("the wheel's libbpf is not mapped")
+
+
+def bpf_fds() -> list[str]:
+    """This process's file descriptors that are BPF objects (programs, maps, links)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("anon_inode:") and "bpf" in target:
+            found.append(f"{fd} -> {target}")
+    return found
+
+
+# ---- the checks ----------------------------------------------------------------------------------
+
+BEFORE: dict[str, set[int]] = {}  # BPF object ids in the kernel before the first load, by kind
+
+
+def kernel_features():
+    """What the guest kernel offers that the object uses (libbpf's probes: a tiny program per helper)."""
+    from httptrace import checks
+    from httptrace._libbpf import lib, ffi
+
+    uname = os.uname()
+    print(f"guest kernel: {uname.release} {uname.version}", flush=True)
+    print(f"python {platform.python_version()}, wheel at {os.path.dirname(checks.__file__)}", flush=True)
+    features = {"btf": os.path.isfile("/sys/kernel/btf/vmlinux"),
+                "ringbuf map": lib.libbpf_probe_bpf_map_type(27, ffi.NULL) == 1}
+    for helper, helper_id, since in HELPERS:
+        for type_name, prog_type in PROG_TYPES:
+            features[f"{helper} ({since}) in {type_name}"] = lib.libbpf_probe_bpf_helper(
+                prog_type, helper_id, ffi.NULL) == 1
+    for name, ok in features.items():
+        print(f"  feature {name}: {'yes' if ok else 'NO'}", flush=True)
+    with open(os.path.join(OUT, "features.json"), "w") as f:
+        json.dump({"release": uname.release, "version": uname.version, "features": features}, f, indent=1)
+    missing = [name for name, ok in features.items() if not ok]
+    assert not missing, f"missing: {', '.join(missing)}"
+    return f"{uname.release}: BTF, ring buffer, bpf_get_current_task_btf, bpf_task_pt_regs, bpf_loop all present"
+
+
+def installed_wheel():
+    """httptrace comes from the venv's installed wheel, with the wheel's own libbpf, not from a source tree."""
+    import importlib.metadata
+
+    import httptrace
+
+    package = os.path.realpath(os.path.dirname(httptrace.__file__))
+    assert package.startswith(os.path.realpath(sys.prefix) + os.sep), f"httptrace imported from {package}"
+    libbpf = libbpf_path()
+    assert "httptrace.libs" in libbpf, f"libbpf is not the wheel's: {libbpf}"
+    return f"httptrace {importlib.metadata.version('httptrace')} from {package}; libbpf {os.path.basename(libbpf)}"
+
+
+def httptrace_check():
+    """`python -m httptrace --check` exits 0 and loads and attaches the programs."""
+    result = subprocess.run([sys.executable, "-m", "httptrace", "--check"], capture_output=True, text=True,
+                            timeout=300)
+    print(result.stdout + result.stderr, flush=True)
+    problems = [line.strip() for line in result.stdout.splitlines() if line.strip() and not line.startswith("ok")]
+    assert result.returncode == 0, f"exit {result.returncode}: {' | '.join(problems[:3])}"
+    assert "programs loaded and attached" in result.stdout, "no 'programs loaded and attached' line"
+    return [line.strip() for line in result.stdout.splitlines() if "programs loaded" in line][0]
+
+
+def load_and_attach_every_program():
+    """Every program of the object is loaded and attached (tracepoints and the libssl uprobes)."""
+    from httptrace import checks
+    from httptrace.libbpf import BpfObject
+    from httptrace.tracer import Tracer
+
+    obj = BpfObject(checks.object_path())  # opened only, to list what the object holds
+    try:
+        in_object = {p.name: p.section for p in obj.programs()}
+    finally:
+        obj.close()
+    started = time.monotonic()
+    try:
+        tracer = Tracer(ports=[1]).__enter__()
+    except Exception as exc:
+        write_verifier_log(exc)
+        raise
+    try:
+        load_seconds = time.monotonic() - started
+        attached = tracer.attached_programs
+        libraries = tracer.tls_libraries
+        loaded_ids = bpf_program_ids() - BEFORE["prog"]
+    finally:
+        tracer.__exit__(None, None, None)
+    missing = sorted(set(in_object) - set(attached))
+    print(f"  {len(in_object)} programs in the object, {len(loaded_ids)} loaded in the kernel, {len(attached)} links; "
+          f"TLS libraries: {', '.join(libraries) or 'none'}", flush=True)
+    for name, section in sorted(in_object.items()):
+        print(f"    {name:32} {section:48} {'attached' if name in attached else 'NOT ATTACHED'}", flush=True)
+    assert not missing, f"not attached: {', '.join(missing)}"
+    assert len(loaded_ids) == len(in_object), f"{len(loaded_ids)} programs in the kernel, {len(in_object)} in the object"
+    return (f"{len(in_object)} programs loaded (bpf_loop path included) and attached as {len(attached)} links "
+            f"in {load_seconds:.1f}s; TLS: {', '.join(libraries) or 'none'}")
+
+
+def _get(host: str, size: int, name: str):
+    """curl GETs a `size`-byte file from http.server over `host`; returns (server, client, exchanges, files)."""
+    work = os.path.join("/tmp", f"get-{name}")
+    www = os.path.join(work, "www")
+    os.makedirs(www, exist_ok=True)
+    body = os.urandom(size) if size > 4096 else (b"hello, httptrace on another kernel\n" * (size // 35 + 1))[:size]
+    with open(os.path.join(www, name), "wb") as f:
+        f.write(body)
+    server = HttpServer(www)
+    try:
+        url = f"http://[{host}]:{server.port}/{name}" if ":" in host else f"http://{host}:{server.port}/{name}"
+        headers, out = os.path.join(work, "h"), os.path.join(work, "b")
+        with Capture(ports=[server.port]) as cap:
+            client = subprocess.Popen(["curl", "-sS", "-g", "--max-time", "120", "-D", headers, "-o", out, url])
+            assert client.wait(150) == 0, "curl failed"
+    finally:
+        server.close()
+    with open(headers, "rb") as f:
+        head = f.read()
+    with open(out, "rb") as f:
+        assert f.read() == body, "curl did not receive the file"
+    return server.proc.pid, client.pid, cap, body, head
+
+
+def _assert_exchange(ex, role, body, head, name):
+    assert ex.connection.role.value == role, f"role {ex.connection.role} != {role}"
+    assert ex.request.method == "GET" and ex.request.target == f"/{name}", f"{ex.request.method} {ex.request.target}"
+    assert ex.response is not None, "no response"
+    assert ex.response.status == 200, f"status {ex.response.status}"
+    assert not ex.flags, f"flags {sorted(f.value for f in ex.flags)}"
+    assert ex.response.body_size == len(body), f"body_size {ex.response.body_size} != {len(body)}"
+    assert ex.response.body == body, "response body differs from the file"
+    assert wire_head(ex.response) == head, f"response head differs:\n{wire_head(ex.response)!r}\n{head!r}"
+
+
+def _get_exchange(host: str, size: int, name: str) -> str:
+    server_pid, client_pid, cap, body, head = _get(host, size, name)
+    assert sum(cap.drops.values()) == 0, f"ring buffer drops: {cap.drops}"
+    served, fetched = cap.of(server_pid), cap.of(client_pid)
+    assert len(served) == 1 and len(fetched) == 1, \
+        f"{len(served)} server / {len(fetched)} client exchanges of {len(cap.exchanges)}"
+    _assert_exchange(served[0], "server", body, head, name)
+    _assert_exchange(fetched[0], "client", body, head, name)
+    client = fetched[0].connection
+    assert client.remote.ip == host and client.local.ip == host, f"client {client.local} -> {client.remote}"
+    server = served[0].connection
+    expected_local = host if ":" in host else f"::ffff:{host}"  # the server is dual-stack
+    assert server.local.ip == expected_local, f"server local {server.local}"
+    return (f"GET /{name} {host}: {len(body)} body bytes byte-exact on both sides "
+            f"(server pid {server_pid} {server.local.ip}, curl pid {client_pid} {client.local.ip})")
+
+
+def curl_to_http_server_ipv4():
+    return _get_exchange("127.0.0.1", 1700, "hello.txt")
+
+
+def one_megabyte_body():
+    return _get_exchange("127.0.0.1", 1 << 20, "big.bin")
+
+
+def ipv6_exchange():
+    return _get_exchange("::1", 4096, "six.txt")
+
+
+POST_SERVER = """
+import http.server, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        reply = b"%d bytes\\n" % len(body)
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+"""
+
+
+def request_body():
+    """A 200 kB POST body arrives whole in the exchange's request."""
+    port = free_port(socket.AF_INET)
+    server = subprocess.Popen([sys.executable, "-c", POST_SERVER, str(port)])
+    body = os.urandom(200_000)
+    path = "/tmp/post-body"
+    with open(path, "wb") as f:
+        f.write(body)
+    try:
+        wait_for_port(port, "127.0.0.1")
+        with Capture(ports=[port]) as cap:
+            result = curl("--data-binary", f"@{path}", "-H", "Content-Type: application/octet-stream",
+                          f"http://127.0.0.1:{port}/upload")
+            assert result.returncode == 0, result.stderr.decode()
+    finally:
+        server.kill()
+        server.wait()
+    assert result.stdout == b"200000 bytes\n", result.stdout
+    served = cap.of(server.pid)
+    assert len(served) == 1, f"{len(served)} server exchanges of {len(cap.exchanges)}"
+    ex = served[0]
+    assert ex.request.method == "POST" and ex.request.target == "/upload"
+    assert ex.request.body == body and ex.request.body_size == len(body), "request body differs"
+    assert ex.response.status == 201 and ex.response.body == b"200000 bytes\n"
+    return f"POST /upload: {len(body)} request body bytes byte-exact, 201"
+
+
+TLS_SERVER = """
+import http.server, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+def tls_exchange():
+    """HTTPS between curl and Python's ssl: plaintext through the libssl uprobes on this kernel."""
+    work = "/tmp/tls"
+    os.makedirs(work, exist_ok=True)
+    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    body = b"secret over TLS\n" * 300
+    with open(os.path.join(work, "secret.txt"), "wb") as f:
+        f.write(body)
+    port = free_port(socket.AF_INET)
+    server = subprocess.Popen([sys.executable, "-c", TLS_SERVER, str(port), cert, key], cwd=work,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, "127.0.0.1")
+        with Capture(ports=[port]) as cap:
+            result = curl("-k", f"https://127.0.0.1:{port}/secret.txt")
+            assert result.returncode == 0, result.stderr.decode()
+    finally:
+        server.kill()
+        server.wait()
+    assert result.stdout == body
+    tls = [ex for ex in cap.exchanges if ex.connection.tls]
+    roles = sorted(ex.connection.role.value for ex in tls)
+    assert roles == ["client", "server"], f"TLS exchanges by role: {roles} (of {len(cap.exchanges)})"
+    for ex in tls:
+        assert ex.request.target == "/secret.txt" and ex.response.status == 200
+        assert ex.response.body == body, f"{ex.connection.role.value}: TLS response body differs"
+    return f"GET /secret.txt over TLS: plaintext byte-exact for curl and the Python server ({len(body)} bytes)"
+
+
+def clean_detach():
+    """After the tracers closed: no BPF fds left in this process; no program, map or link left in the kernel."""
+    import gc
+
+    gc.collect()
+    fds = bpf_fds()
+    assert not fds, f"BPF file descriptors still open: {fds}"
+    deadline = time.monotonic() + 30
+    while True:  # programs and maps are freed after an RCU grace period, in a work queue
+        left = {kind: sorted(bpf_ids(kind) - BEFORE[kind]) for kind in BEFORE}
+        left = {kind: ids for kind, ids in left.items() if ids}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not left, f"still in the kernel: {left}"
+    counts = ", ".join(f"{len(ids)} {kind}s" for kind, ids in BEFORE.items())
+    return f"no BPF fds open; the kernel holds what it held before the first load ({counts})"
+
+
+CHECKS = (kernel_features, installed_wheel, httptrace_check, load_and_attach_every_program, curl_to_http_server_ipv4,
+          one_megabyte_body, ipv6_exchange, request_body, tls_exchange, clean_detach)
+
+
+def main() -> int:
+    global OUT
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--only", nargs="*", help="run only these checks")
+    args = parser.parse_args()
+    OUT = args.out
+    started = time.monotonic()
+    BEFORE.update((kind, bpf_ids(kind)) for kind in ("prog", "map", "link"))
+    for func in CHECKS:
+        if not args.only or func.__name__ in args.only or func is kernel_features:
+            check(func)
+    ok = bool(RESULTS) and all(r["ok"] for r in RESULTS)
+    passed = sum(r["ok"] for r in RESULTS)
+    summary = {"ok": ok, "release": platform.release(), "seconds": round(time.monotonic() - started, 1),
+               "checks": RESULTS}
+    with open(os.path.join(OUT, "result.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"guest checks on {platform.release()}: {passed} passed, {len(RESULTS) - passed} failed "
+          f"in {summary['seconds']}s", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,8 +26,6 @@ done
 
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot \
     || { say "FAILED: mount host root over 9p"; finish; }
-mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=262144 scratch "/newroot$SCRATCH" \
-    || { say "FAILED: mount scratch over 9p at $SCRATCH"; finish; }
 mount -t proc proc /newroot/proc
 mount -t sysfs sysfs /newroot/sys
 mount -t devtmpfs devtmpfs /newroot/dev
@@ -39,6 +37,10 @@ mount -t tmpfs tmpfs /newroot/run
 mount -t tracefs tracefs /newroot/sys/kernel/tracing
 mount -t debugfs debugfs /newroot/sys/kernel/debug 2>/dev/null
 mount -t bpf bpf /newroot/sys/fs/bpf
+# The scratch directory last: a checkout under /tmp would otherwise be hidden by the tmpfs above.
+mkdir -p "/newroot$SCRATCH" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=262144 scratch "/newroot$SCRATCH" \
+    || { say "FAILED: mount scratch over 9p at $SCRATCH"; finish; }
 ip link set lo up
 say "mounted host root; running $SCRATCH/guest.sh (timeout ${TIMEOUT}s)"
 

@@ -35,13 +35,15 @@ def compile_bpf(out_dir: str = BPF_OUT_DIR) -> list[str]:
     objects = []
     for source in BPF_SOURCES:
         obj = os.path.join(out_dir, os.path.basename(source)[: -len(".c")] + ".o")
+        tmp = obj + ".tmp"  # replaced atomically: a running tracer or test may be reading the old one
         cmd = [clang, "-target", "bpf", "-g", "-O2", "-D__TARGET_ARCH_x86", "-Wall", "-Werror",
                "-I", os.path.join(ROOT, "vmlinux", "x86"), "-I", os.path.join(ROOT, "bpf"),
-               "-c", source, "-o", obj]
+               "-c", source, "-o", tmp]
         subprocess.run(cmd, check=True)
         strip = shutil.which("llvm-strip-16") or shutil.which("llvm-strip")
         if strip:  # DWARF is only needed to produce BTF; .BTF and .BTF.ext stay
-            subprocess.run([strip, "-g", obj], check=True)
+            subprocess.run([strip, "-g", tmp], check=True)
+        os.replace(tmp, obj)
         objects.append(obj)
     return objects
 
@@ -144,7 +146,8 @@ def build_in_place() -> None:
     tmp = os.path.join(ROOT, "build", "cffi")
     so_path = ffibuilder.compile(tmpdir=tmp, verbose=False)
     target = os.path.join(ROOT, "httptrace", os.path.basename(so_path))
-    shutil.copy2(so_path, target)
+    shutil.copy2(so_path, target + ".tmp")
+    os.replace(target + ".tmp", target)  # never a half-written module under a running process
     print(f"built {os.path.relpath(target, ROOT)} and {len(BPF_SOURCES)} eBPF object(s)")
 
 

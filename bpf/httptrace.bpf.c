@@ -74,12 +74,18 @@ struct {
 
 /* A data event is too big for the 512-byte stack: it is built here, one slot per CPU. A plain array
  * indexed by CPU, because per-CPU map values are limited to 32 KiB. User space sets max_entries to the
- * number of possible CPUs. */
+ * number of possible CPUs. Small iovecs are packed into one event at data + filled; all the verifier
+ * can prove is filled < HT_CHUNK_SIZE and a copy <= HT_CHUNK_SIZE, so `spill` makes that in bounds. */
+struct scratch_event {
+	struct ht_data_event ev;
+	__u8 spill[HT_CHUNK_SIZE];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 256);
 	__type(key, __u32);
-	__type(value, struct ht_data_event);
+	__type(value, struct scratch_event);
 } scratch SEC(".maps");
 
 static __always_inline void count_drop(__u32 type)
@@ -215,22 +221,23 @@ static __always_inline void send_open(struct ht_conn_info *ci)
 	ci->open_sent = 1;
 }
 
-/* State of one syscall's copy, walked chunk by chunk by bpf_loop. A plain buffer is an iovec of one.
+/* State of one syscall's copy, walked step by step by bpf_loop. A plain buffer is an iovec of one.
  * It lives in a per-CPU map, not on the stack: the verifier checks bpf_loop callbacks like loops, and
  * values it tracks on the stack (every offset changes each step) would never converge. */
 struct copy_state {
 	struct ht_conn_id id;
 	__u64 ts_ns;
-	__u64 pos;         /* stream offset of the next byte to report */
+	__u64 pos;         /* stream offset of the next byte to copy */
 	__u64 left;        /* bytes still to copy (after the cap) */
 	__u64 seg_addr;    /* current user segment */
 	__u64 seg_left;
 	__u64 iov;         /* user address of struct iovec[], 0 for a plain buffer */
 	__u32 iov_next;
 	__u32 iov_count;
+	__u32 filled;      /* bytes waiting in this CPU's scratch event */
 	__u8 direction;
 	__u8 flags;        /* enum ht_data_flags */
-	__u8 _pad[6];
+	__u8 _pad[2];
 };
 
 struct {
@@ -240,11 +247,35 @@ struct {
 	__type(value, struct copy_state);
 } copy_states SEC(".maps");
 
+/* Sends the bytes gathered in the scratch event, which end at st->pos. */
+static __always_inline void flush_chunk(struct copy_state *st, struct scratch_event *s)
+{
+	__u32 len = st->filled;
+	if (len == 0 || len > HT_CHUNK_SIZE)
+		return;
+	/* Make every later use of len go through one bounded register (clang may keep an unchecked copy). */
+	asm volatile("%[len] &= 0xffff" : [len] "+r"(len));
+	struct ht_data_event *e = &s->ev;
+	e->hdr.type = HT_EVENT_DATA;
+	e->hdr._pad0 = 0;
+	e->hdr.ts_ns = st->ts_ns;
+	e->hdr.conn = st->id;
+	e->pos = st->pos - len;
+	e->len = len;
+	e->not_copied = 0;
+	e->direction = st->direction;
+	e->flags = st->flags;
+	if (bpf_ringbuf_output(&events, e, offsetof(struct ht_data_event, data) + len, 0))
+		count_drop(HT_EVENT_DATA); /* pos still advances: user space sees the hole */
+	st->filled = 0;
+}
+
 static long copy_step(__u32 index, void *unused)
 {
-	__u32 zero = 0;
+	__u32 zero = 0, cpu = bpf_get_smp_processor_id();
 	struct copy_state *st = bpf_map_lookup_elem(&copy_states, &zero);
-	if (!st || st->left == 0)
+	struct scratch_event *s = bpf_map_lookup_elem(&scratch, &cpu);
+	if (!st || !s || st->left == 0)
 		return 1;
 	if (st->seg_left == 0) {
 		struct iovec v;
@@ -257,34 +288,23 @@ static long copy_step(__u32 index, void *unused)
 		st->seg_left = v.iov_len;
 		return 0;
 	}
-	__u32 cpu = bpf_get_smp_processor_id();
-	struct ht_data_event *e = bpf_map_lookup_elem(&scratch, &cpu);
-	if (!e)
-		return 1;
+	__u32 filled = st->filled & (HT_CHUNK_SIZE - 1); /* never HT_CHUNK_SIZE here: a full chunk is sent */
 	__u64 n = st->seg_left < st->left ? st->seg_left : st->left;
-	if (n > HT_CHUNK_SIZE)
-		n = HT_CHUNK_SIZE;
+	if (n > HT_CHUNK_SIZE - filled)
+		n = HT_CHUNK_SIZE - filled;
 	__u32 len = n;
 	barrier_var(len);
 	if (len > HT_CHUNK_SIZE)
 		return 1;
-	if (bpf_probe_read_user(e->data, len, (void *)st->seg_addr))
+	if (bpf_probe_read_user(s->ev.data + filled, len, (void *)st->seg_addr))
 		return 1;
-	e->hdr.type = HT_EVENT_DATA;
-	e->hdr._pad0 = 0;
-	e->hdr.ts_ns = st->ts_ns;
-	e->hdr.conn = st->id;
-	e->pos = st->pos;
-	e->len = len;
-	e->not_copied = 0;
-	e->direction = st->direction;
-	e->flags = st->flags;
-	if (bpf_ringbuf_output(&events, e, offsetof(struct ht_data_event, data) + len, 0))
-		count_drop(HT_EVENT_DATA); /* pos still advances: user space sees the hole */
+	st->filled = filled + len;
 	st->pos += len;
 	st->left -= len;
 	st->seg_addr += len;
 	st->seg_left -= len;
+	if (st->filled >= HT_CHUNK_SIZE)
+		flush_chunk(st, s);
 	return 0;
 }
 
@@ -294,9 +314,10 @@ static __always_inline void send_not_copied(struct ht_conn_info *ci, __u8 direct
 					    __u8 flags)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
-	struct ht_data_event *e = bpf_map_lookup_elem(&scratch, &cpu);
-	if (!e)
+	struct scratch_event *s = bpf_map_lookup_elem(&scratch, &cpu);
+	if (!s)
 		return;
+	struct ht_data_event *e = &s->ev;
 	e->hdr.type = HT_EVENT_DATA;
 	e->hdr._pad0 = 0;
 	e->hdr.ts_ns = bpf_ktime_get_ns();
@@ -349,9 +370,15 @@ static __always_inline int capture(struct ht_conn_info *ci, long ret, __u64 buf,
 	st->iov = iov;
 	st->iov_next = 0;
 	st->iov_count = iov_count;
+	st->filled = 0;
 	st->direction = direction;
 	st->flags = flags;
-	bpf_loop(ht_cfg.max_copy / HT_CHUNK_SIZE + HT_MAX_IOV + 2, copy_step, NULL, 0);
+	/* steps: one per chunk, one per iovec to read it, one per iovec that ends a partial chunk */
+	bpf_loop(ht_cfg.max_copy / HT_CHUNK_SIZE + 2 * HT_MAX_IOV + 2, copy_step, NULL, 0);
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct scratch_event *s = bpf_map_lookup_elem(&scratch, &cpu);
+	if (s)
+		flush_chunk(st, s);
 	__u64 copied = st->pos - ci->pos[direction & 1];
 	if (copied < (__u64)ret)
 		send_not_copied(ci, direction, st->pos, ret - copied, flags);

@@ -9,7 +9,7 @@
 
 #define HT_COMM_LEN 16
 #define HT_CHUNK_SIZE (32 * 1024) /* payload bytes in one data event */
-#define HT_MAX_IOV 16             /* iovec entries walked per syscall; the rest is counted as not copied */
+#define HT_MAX_IOV 1024           /* iovec entries walked per syscall (UIO_MAXIOV): the rest is not copied */
 
 enum ht_event_type {
 	HT_EVENT_OPEN = 1,  /* a connection was found to carry HTTP: addresses, comm, role hint */

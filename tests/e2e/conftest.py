@@ -222,10 +222,15 @@ class ExchangeCapture:
         assert not alive, "the exchange iterator did not end within 120 s of stop()"
 
     def select(self, *, pid: int | None = None, role=None, comm: str | None = None,
-               target: str | None = None) -> list:
-        """The exchanges so far (in arrival order) that match every criterion given."""
+               target: str | None = None, port: int | None = None) -> list:
+        """The exchanges so far (in arrival order) that match every criterion given.
+
+        `port`: one end of the connection is PORT on a loopback address. The tracer's port filter matches
+        a local OR remote port, so on a busy machine an unrelated connection whose ephemeral port
+        happens to equal the test server's port is captured too: counts of "everything" use this."""
         return [ex for ex in list(self.exchanges)
-                if (pid is None or ex.connection.pid == pid)
+                if (port is None or on_loopback_port(ex.connection, port))
+                and (pid is None or ex.connection.pid == pid)
                 and (role is None or ex.connection.role == role)
                 and (comm is None or ex.connection.comm == comm)
                 and (target is None or ex.request.target == target)]
@@ -246,9 +251,34 @@ class ExchangeCapture:
         return found
 
 
+LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
+def on_loopback_port(connection, port: int) -> bool:
+    return any(end is not None and end.ip in LOOPBACK and end.port == port
+               for end in (connection.local, connection.remote))
+
+
 @pytest.fixture
 def exchange_capture():
     return ExchangeCapture
+
+
+@pytest.fixture
+def spawn():
+    """subprocess.Popen for a test's clients; whatever still runs at teardown (a failed test) is killed."""
+    started = []
+
+    def start(*args, **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
 
 
 def go_build(src_dir: str, out: str, tmp) -> str:
@@ -370,7 +400,12 @@ def run_curl(tmp_path, *transfers: dict, extra=(), timeout: float = 120) -> tupl
         cmd.append(t["url"])
         files.append((head, body, data))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
     assert proc.returncode == 0, f"curl failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}"
     heads = curl_request_heads(err)
     ports = [int(p) for p in out.split()]

@@ -97,6 +97,21 @@ def test_request_body_sent_with_iovecs(capture, py_server, tmp_path, how):
     assert cap.stream(client.pid, Direction.INGRESS) == response
 
 
+def test_many_small_iovecs_are_packed_into_one_event(capture, py_server, tmp_path):
+    server, port = py_server
+    body = pattern(3000)
+    request = (b"POST /echo HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+               + body)
+    (tmp_path / "req").write_bytes(request)
+    with capture(ports=[port]) as cap:
+        client = subprocess.Popen([sys.executable, RAW_CLIENT, "127.0.0.1", str(port), str(tmp_path / "req"),
+                                   str(tmp_path / "resp"), "writev-many"])
+        assert client.wait(30) == 0
+    assert cap.stream(client.pid, Direction.EGRESS) == request
+    sent = [ev for ev in cap.of_type(Data) if ev.conn[0] == client.pid and ev.direction == Direction.EGRESS]
+    assert len(sent) == 1 and sent[0].not_copied == 0  # 200 iovecs, one writev, one event
+
+
 def test_keepalive_connection_opened_before_the_tracer(capture, py_server, tmp_path):
     server, port = py_server
     first = b"GET /size/10 HTTP/1.1\r\nHost: a\r\n\r\n"

@@ -1,0 +1,3 @@
+module seedclient
+
+go 1.19

@@ -53,21 +53,34 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
     raise TimeoutError(f"nothing listening on {host}:{port}")
 
 
-class EventCapture:
-    """Runs a Tracer's raw event iterator in a thread for the duration of a `with` block."""
+class ThreadedCapture:
+    """Runs one of a Tracer's iterators in a thread for the duration of a `with` block.
 
-    def __init__(self, **tracer_kwargs):
+    On exit: `stats` (tracer + reassembler counters) and `drops` (ring-buffer losses by event type);
+    an error inside the iterator is raised there."""
+
+    join_timeout = 10.0
+
+    def __init__(self, settle: float = 0.3, **tracer_kwargs):
         from httptrace.tracer import Tracer
 
         self.tracer = Tracer(**tracer_kwargs)
-        self.events: list = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.settle = settle
         self.error: BaseException | None = None
+        self.stats: dict = {}
+        self.drops: dict = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _iterate(self):
+        raise NotImplementedError
+
+    def _collect(self, item) -> None:
+        raise NotImplementedError
 
     def _run(self):
         try:
-            for ev in self.tracer.events():
-                self.events.append(ev)
+            for item in self._iterate():
+                self._collect(item)
         except BaseException as exc:  # surfaced in __exit__
             self.error = exc
 
@@ -77,13 +90,31 @@ class EventCapture:
         return self
 
     def __exit__(self, *exc):
-        time.sleep(0.2)
+        time.sleep(self.settle)
         self.tracer.stop()
-        self._thread.join(10)
+        self._thread.join(self.join_timeout)
+        alive = self._thread.is_alive()
+        if not alive:
+            self.stats = self.tracer.stats()
         self.drops = self.tracer.drops()
         self.tracer.__exit__(*exc)
         if self.error:
             raise self.error
+        assert not alive, f"the tracer's iterator did not end within {self.join_timeout} s of stop()"
+
+
+class EventCapture(ThreadedCapture):
+    """The raw connection and payload events (Tracer.events())."""
+
+    def __init__(self, **tracer_kwargs):
+        super().__init__(settle=0.2, **tracer_kwargs)
+        self.events: list = []
+
+    def _iterate(self):
+        return self.tracer.events()
+
+    def _collect(self, item) -> None:
+        self.events.append(item)
 
     def of_type(self, kind):
         return [e for e in self.events if isinstance(e, kind)]
@@ -175,7 +206,7 @@ def require_tool(name: str) -> str:
     return path
 
 
-class ExchangeCapture:
+class ExchangeCapture(ThreadedCapture):
     """Runs Tracer.exchanges() in a thread for the duration of a `with` block.
 
     `exchanges` fills up while the block runs (each with its arrival time in `arrived`, monotonic
@@ -183,43 +214,19 @@ class ExchangeCapture:
     On exit: `stats` (tracer + reassembler counters) and `drops` (ring-buffer losses by event type).
     """
 
-    def __init__(self, settle: float = 0.3, **tracer_kwargs):
-        from httptrace.tracer import Tracer
+    join_timeout = 120.0  # under load the reassembler may still be catching up on the ring buffer
 
-        self.tracer = Tracer(**tracer_kwargs)
-        self.settle = settle
+    def __init__(self, settle: float = 0.3, **tracer_kwargs):
+        super().__init__(settle=settle, **tracer_kwargs)
         self.exchanges: list = []
         self.arrived: list[float] = []
-        self.error: BaseException | None = None
-        self.stats: dict = {}
-        self.drops: dict = {}
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        try:
-            for ex in self.tracer.exchanges():
-                self.exchanges.append(ex)
-                self.arrived.append(time.monotonic())
-        except BaseException as exc:  # surfaced in __exit__
-            self.error = exc
+    def _iterate(self):
+        return self.tracer.exchanges()
 
-    def __enter__(self):
-        self.tracer.__enter__()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(self.settle)
-        self.tracer.stop()
-        self._thread.join(120)  # under load the reassembler may still be catching up on the ring buffer
-        alive = self._thread.is_alive()
-        if not alive:
-            self.stats = self.tracer.stats()
-        self.drops = self.tracer.drops()
-        self.tracer.__exit__(*exc)
-        if self.error:
-            raise self.error
-        assert not alive, "the exchange iterator did not end within 120 s of stop()"
+    def _collect(self, item) -> None:
+        self.exchanges.append(item)
+        self.arrived.append(time.monotonic())
 
     def select(self, *, pid: int | None = None, role=None, comm: str | None = None,
                target: str | None = None, port: int | None = None) -> list:

@@ -5,14 +5,13 @@ import os
 import ssl
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from httptrace.exchange import Role
 
-from .conftest import free_port, start_nginx, wait_for_port
+from .conftest import ExchangeCapture, free_port, start_nginx, wait_for_port
 
 PY_TLS_SERVER = """
 import http.server, ssl, sys
@@ -29,29 +28,6 @@ ctx = ssl._create_unverified_context()
 body = urllib.request.urlopen(sys.argv[1], context=ctx).read()
 open(sys.argv[2], "wb").write(body)
 """
-
-
-class ExchangeThread:
-    """Collects Tracer.exchanges() in a thread while the `with` block runs."""
-
-    def __init__(self, **kwargs):
-        from httptrace.tracer import Tracer
-
-        self.tracer = Tracer(**kwargs)
-        self.exchanges = []
-
-    def __enter__(self):
-        self.tracer.__enter__()
-        self.thread = threading.Thread(target=lambda: self.exchanges.extend(self.tracer.exchanges()), daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.3)
-        self.tracer.stop()
-        self.thread.join(10)
-        self.stats = self.tracer.stats()
-        self.tracer.__exit__(*exc)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +61,7 @@ def test_nginx_over_tls_with_curl_and_urllib(tls_nginx, tmp_path):
     _, port, www = tls_nginx
     big = os.urandom(1024 * 1024)
     (www / "big.bin").write_bytes(big)
-    with ExchangeThread(ports=[port]) as cap:
+    with ExchangeCapture(ports=[port]) as cap:
         subprocess.run(["curl", "-sSk", "-o", str(tmp_path / "hello"), f"https://127.0.0.1:{port}/hello"], check=True)
         subprocess.run([sys.executable, "-c", URLLIB_CLIENT, f"https://127.0.0.1:{port}/static/big.bin",
                         str(tmp_path / "big")], check=True)
@@ -109,7 +85,7 @@ def test_python_tls_server_started_after_the_tracer(certificate, tmp_path):
     cert, key = certificate
     port = free_port()
     (tmp_path / "page.txt").write_bytes(b"served by python over tls\n" * 40)
-    with ExchangeThread(ports=[port]) as cap:
+    with ExchangeCapture(ports=[port]) as cap:
         server = subprocess.Popen([sys.executable, "-c", PY_TLS_SERVER, str(port), str(cert), str(key)],
                                   cwd=tmp_path, stderr=subprocess.DEVNULL)
         try:
@@ -128,7 +104,7 @@ def test_python_tls_server_started_after_the_tracer(certificate, tmp_path):
 
 def test_no_tls_flag_leaves_ciphertext_alone(tls_nginx):
     _, port, _ = tls_nginx
-    with ExchangeThread(ports=[port], tls=False) as cap:
+    with ExchangeCapture(ports=[port], tls=False) as cap:
         subprocess.run(["curl", "-sSk", "-o", "/dev/null", f"https://127.0.0.1:{port}/hello"], check=True)
     assert cap.exchanges == []
     assert cap.stats["parse_errors"] == 0

@@ -95,6 +95,15 @@ static __always_inline void count_drop(__u32 type)
 		*n += 1;
 }
 
+/* Wake-ups cost the reader a syscall and a context switch per event at low rates: batch them. */
+static __always_inline __u64 wakeup_flag(void)
+{
+	if (!ht_cfg.wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= ht_cfg.wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										      : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline bool process_wanted(__u32 tgid)
 {
 	if (tgid == ht_cfg.self_tgid)
@@ -217,7 +226,7 @@ static __always_inline void send_open(struct ht_conn_info *ci)
 		bpf_core_read(e->remote_addr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flag());
 	ci->open_sent = 1;
 }
 
@@ -265,7 +274,7 @@ static __always_inline void flush_chunk(struct copy_state *st, struct scratch_ev
 	e->not_copied = 0;
 	e->direction = st->direction;
 	e->flags = st->flags;
-	if (bpf_ringbuf_output(&events, e, offsetof(struct ht_data_event, data) + len, 0))
+	if (bpf_ringbuf_output(&events, e, offsetof(struct ht_data_event, data) + len, wakeup_flag()))
 		count_drop(HT_EVENT_DATA); /* pos still advances: user space sees the hole */
 	st->filled = 0;
 }
@@ -327,7 +336,7 @@ static __always_inline void send_not_copied(struct ht_conn_info *ci, __u8 direct
 	e->not_copied = count > 0xffffffff ? 0xffffffff : count;
 	e->direction = direction;
 	e->flags = flags;
-	if (bpf_ringbuf_output(&events, e, offsetof(struct ht_data_event, data), 0))
+	if (bpf_ringbuf_output(&events, e, offsetof(struct ht_data_event, data), wakeup_flag()))
 		count_drop(HT_EVENT_DATA);
 }
 
@@ -411,8 +420,28 @@ struct {
 	__type(value, struct tls_call);
 } tls_calls SEC(".maps");
 
-/* The common path of every data syscall that succeeded with `ret` bytes. */
-static __always_inline int on_data(int fd, long ret, __u64 buf, __u64 iov, __u64 iov_count, __u8 direction)
+static __always_inline struct pt_regs *syscall_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
+/* x86-64 syscall arguments: di, si, dx, r10, r8, r9 (direct loads: the task's regs are a BTF pointer).
+ * The contexts are struct syscall_trace_exit/_enter, the layout syscall tracepoints really have, not
+ * trace_event_raw_sys_exit: on PREEMPT_RT kernels the two differ and CO-RE would move `ret` past the
+ * event (attach then fails with EACCES). */
+#define ARG1(r) ((r)->di)
+#define ARG2(r) ((r)->si)
+#define ARG3(r) ((r)->dx)
+
+enum buffer_kind {
+	BUF_PLAIN, /* (fd, buf, count): read, write, recvfrom, sendto */
+	BUF_IOV,   /* (fd, iov, iovcnt): readv, writev */
+	BUF_MSG,   /* (fd, msghdr, flags): recvmsg, sendmsg */
+};
+
+/* The common path of every data syscall. Cheapest checks first: most syscalls on a host fail (EAGAIN)
+ * or belong to processes and sockets we ignore, and must cost as little as possible. */
+static __always_inline int on_data(long ret, enum buffer_kind kind, __u8 direction)
 {
 	if (ret <= 0)
 		return 0;
@@ -420,6 +449,8 @@ static __always_inline int on_data(int fd, long ret, __u64 buf, __u64 iov, __u64
 	__u32 tgid = pid_tgid >> 32;
 	if (!process_wanted(tgid))
 		return 0;
+	struct pt_regs *r = syscall_regs();
+	int fd = ARG1(r);
 	if (ht_cfg.tls) {
 		__u32 tid = pid_tgid;
 		struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &tid);
@@ -431,83 +462,68 @@ static __always_inline int on_data(int fd, long ret, __u64 buf, __u64 iov, __u64
 	struct ht_conn_info *ci = lookup_or_track(tgid, fd);
 	if (!ci || ci->state == HT_CONN_IGNORED || ci->tls)
 		return 0;
+	__u64 buf = 0, iov = 0, iov_count = 0;
+	if (kind == BUF_PLAIN) {
+		buf = ARG2(r);
+	} else if (kind == BUF_IOV) {
+		iov = ARG2(r);
+		iov_count = ARG3(r);
+	} else {
+		struct user_msghdr msg;
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)ARG2(r)))
+			return 0;
+		iov = (__u64)msg.msg_iov;
+		iov_count = msg.msg_iovlen;
+	}
 	return capture(ci, ret, buf, iov, iov_count, direction, 0);
 }
-
-static __always_inline struct pt_regs *syscall_regs(void)
-{
-	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-}
-
-/* x86-64 syscall arguments: di, si, dx, r10, r8, r9.
- * The contexts are struct syscall_trace_exit/_enter, the layout syscall tracepoints really have, not
- * trace_event_raw_sys_exit: on PREEMPT_RT kernels the two differ and CO-RE would move `ret` past the
- * event (attach then fails with EACCES). */
-#define ARG1(r) BPF_CORE_READ(r, di)
-#define ARG2(r) BPF_CORE_READ(r, si)
-#define ARG3(r) BPF_CORE_READ(r, dx)
 
 SEC("tracepoint/syscalls/sys_exit_read")
 int exit_read(struct syscall_trace_exit *ctx)
 {
-	struct pt_regs *r = syscall_regs();
-	return on_data(ARG1(r), ctx->ret, ARG2(r), 0, 0, HT_INGRESS);
+	return on_data(ctx->ret, BUF_PLAIN, HT_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int exit_recvfrom(struct syscall_trace_exit *ctx)
 {
-	struct pt_regs *r = syscall_regs();
-	return on_data(ARG1(r), ctx->ret, ARG2(r), 0, 0, HT_INGRESS);
+	return on_data(ctx->ret, BUF_PLAIN, HT_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_write")
 int exit_write(struct syscall_trace_exit *ctx)
 {
-	struct pt_regs *r = syscall_regs();
-	return on_data(ARG1(r), ctx->ret, ARG2(r), 0, 0, HT_EGRESS);
+	return on_data(ctx->ret, BUF_PLAIN, HT_EGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendto")
 int exit_sendto(struct syscall_trace_exit *ctx)
 {
-	struct pt_regs *r = syscall_regs();
-	return on_data(ARG1(r), ctx->ret, ARG2(r), 0, 0, HT_EGRESS);
+	return on_data(ctx->ret, BUF_PLAIN, HT_EGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_readv")
 int exit_readv(struct syscall_trace_exit *ctx)
 {
-	struct pt_regs *r = syscall_regs();
-	return on_data(ARG1(r), ctx->ret, 0, ARG2(r), ARG3(r), HT_INGRESS);
+	return on_data(ctx->ret, BUF_IOV, HT_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_writev")
 int exit_writev(struct syscall_trace_exit *ctx)
 {
-	struct pt_regs *r = syscall_regs();
-	return on_data(ARG1(r), ctx->ret, 0, ARG2(r), ARG3(r), HT_EGRESS);
-}
-
-static __always_inline int on_msg(struct syscall_trace_exit *ctx, __u8 direction)
-{
-	struct pt_regs *r = syscall_regs();
-	struct user_msghdr msg;
-	if (ctx->ret <= 0 || bpf_probe_read_user(&msg, sizeof(msg), (void *)ARG2(r)))
-		return 0;
-	return on_data(ARG1(r), ctx->ret, 0, (__u64)msg.msg_iov, msg.msg_iovlen, direction);
+	return on_data(ctx->ret, BUF_IOV, HT_EGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
 int exit_recvmsg(struct syscall_trace_exit *ctx)
 {
-	return on_msg(ctx, HT_INGRESS);
+	return on_data(ctx->ret, BUF_MSG, HT_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
 int exit_sendmsg(struct syscall_trace_exit *ctx)
 {
-	return on_msg(ctx, HT_EGRESS);
+	return on_data(ctx->ret, BUF_MSG, HT_EGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
@@ -578,7 +594,7 @@ int enter_close(struct syscall_trace_enter *ctx)
 			e->hdr.conn = ci->id;
 			e->bytes[0] = ci->pos[0];
 			e->bytes[1] = ci->pos[1];
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, wakeup_flag());
 		} else {
 			count_drop(HT_EVENT_CLOSE);
 		}

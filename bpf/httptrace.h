@@ -104,6 +104,8 @@ struct ht_config {
 	__u32 tls;          /* 1: TLS library probes are attached: syscalls made inside them carry ciphertext */
 	__u32 _pad0;
 	__u64 max_copy;     /* payload bytes copied per syscall; the rest is reported as not_copied */
+	__u64 wakeup_bytes; /* wake the reader only when this much is waiting (it also polls on a timer);
+			     * 0: the kernel's default, a wake-up whenever the reader has caught up */
 	char comm[HT_COMM_LEN];
 };
 

@@ -7,6 +7,7 @@ on stderr and exit code 2, never a traceback.  Exit codes are listed in docs/cli
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import re
@@ -359,6 +360,9 @@ class CaptureRun:
             pass
 
     def run(self) -> int:
+        # Start-up objects (modules, the loaded object) never die: keep the collector from rescanning them
+        # for every few thousand exchanges.
+        gc.freeze()
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = {}
         if in_main_thread:

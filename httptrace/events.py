@@ -80,7 +80,8 @@ class ConnInfo(ctypes.Structure):
 class Config(ctypes.Structure):
     _fields_ = [("self_tgid", ctypes.c_uint32), ("filter_tgids", ctypes.c_uint32),
                 ("filter_ports", ctypes.c_uint32), ("filter_comm", ctypes.c_uint32),
-                ("tls", ctypes.c_uint32), ("_pad0", ctypes.c_uint32), ("max_copy", ctypes.c_uint64), ("comm", ctypes.c_char * COMM_LEN)]
+                ("tls", ctypes.c_uint32), ("_pad0", ctypes.c_uint32), ("max_copy", ctypes.c_uint64),
+                ("wakeup_bytes", ctypes.c_uint64), ("comm", ctypes.c_char * COMM_LEN)]
 
 
 # C struct name -> mirror, for the contract test.

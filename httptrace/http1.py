@@ -537,6 +537,19 @@ class MessageReader:
         self._lose_framing(F_PARSE_ERROR)   # counts the buffer as skipped
         return dropped
 
+    @property
+    def ts(self) -> int:
+        """ts_ns of the event being read (or of the last one read)."""
+        return self._ts
+
+    def absorbs(self, count: int) -> bool:
+        """Whether `count` bytes missing right now would fall inside the current message's body, so
+        that no message can have begun (or ended and another begun) among them."""
+        state = self.state
+        if state == BODY or state == CHUNK_DATA:
+            return count <= self._remaining
+        return state == UNTIL_CLOSE or state == OPAQUE or state == CLOSED
+
     def buffered(self) -> int:
         """Bytes this reader holds: unparsed input plus the kept body of the current message."""
         b = self.message

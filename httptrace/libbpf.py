@@ -229,14 +229,18 @@ class BpfObject:
 
 # ---- ring buffer --------------------------------------------------------------------------------
 
-SampleCallback = Callable[[object, int], None]  # (cffi void* data, size)
+# (cffi void* data, size) -> truthy to pause: poll()/consume() return after this sample, the rest waits
+SampleCallback = Callable[[object, int], object]
+_PAUSE = -errno_names.EAGAIN
 
 
 @ffi.def_extern()
 def httptrace_on_sample(ctx, data, size):
     ring = ffi.from_handle(ctx)
     try:
-        ring.callback(data, size)
+        if ring.callback(data, size):
+            ring.paused = True
+            return _PAUSE  # libbpf has consumed this sample and stops here
         return 0
     except BaseException as exc:  # re-raised by poll(): never lose an error inside libbpf's loop
         ring.pending_error = exc
@@ -249,6 +253,7 @@ class RingBuffer:
     def __init__(self, ring_map: Map, callback: SampleCallback):
         self.callback = callback
         self.pending_error: BaseException | None = None
+        self.paused = False
         self._self_handle = ffi.new_handle(self)
         self._handle = lib.ring_buffer__new(ring_map.fd, lib.httptrace_on_sample, self._self_handle, ffi.NULL)
         if self._handle == ffi.NULL:
@@ -259,6 +264,9 @@ class RingBuffer:
         if self.pending_error is not None:
             exc, self.pending_error = self.pending_error, None
             raise exc
+        if self.paused:
+            self.paused = False
+            return 0
         if rc < 0 and rc != -errno_names.EINTR:  # a signal is a clean wake-up, not a failure
             raise _error(step, rc)
         return max(rc, 0)

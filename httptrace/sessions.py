@@ -3,9 +3,27 @@
 The `Reassembler` is what the loader talks to: it gets open/data/close events keyed by
 (pid, fd, tsid) and hands back `Exchange`s.  Per connection it keeps, for each direction, a
 `streams.DirectionStream` (orders events, finds gaps) feeding an `http1.MessageReader` (frames
-messages), and it is the readers' sink: it pairs each final response with the oldest request still
-waiting for one, decides the connection's role from who sends the requests, and turns finished
-pairs into exchanges.
+messages), and it is the readers' sink: it pairs each final response with the request it answers,
+decides the connection's role from who sends the requests, and turns finished pairs into exchanges.
+
+Pairing.  HTTP/1.x answers requests in order, so without loss the answer is the oldest request still
+waiting.  Lost events (a jump in `pos`) hide how many messages went by, so counting alone goes wrong
+after them: responses would shift onto later requests for the rest of the connection.  Time tells
+what counting cannot: a response cannot answer a request that began after it, and on a connection
+that does not pipeline (the usual case: each request is sent after the previous response began)
+the request a response answers is the only one sent since the previous response began.  So:
+
+- a connection pipelines once two requests we saw were sent between two consecutive responses; it is
+  then paired in order, and after a loss its pairings are flagged GAP until they are sure again;
+- otherwise a response answers the request sent since the previous response (older requests still
+  waiting lost their answers: INCOMPLETE+GAP); with none, it answers a request we lost (an orphan);
+- a response that follows lost response bytes may instead answer a request lost after the one it
+  would pair with.  That pairing waits (tentative) until the request direction shows whether
+  anything was lost there: the next request event with no gap before it confirms it, a gap undoes it
+  (the request ends INCOMPLETE+GAP, the response is dropped as an orphan);
+- a lost request (a gap where a request began) normally has its answer still to come, and a
+  placeholder keeps the order; but if a response with no request to answer (an orphan) came since
+  the last request event before the gap, that orphan was its answer, and no placeholder is queued.
 
 Nothing here raises to the caller: an unexpected error inside is counted (`internal_errors`) and the
 connection is restarted as if caught mid-stream.
@@ -18,7 +36,7 @@ from collections import deque
 import structlog
 
 from .exchange import Connection, Exchange, Role
-from .http1 import (EITHER, F_INCOMPLETE, F_MID_STREAM, F_TRUNCATED, LOST, NOT_VISIBLE, OPAQUE, PAUSED, REQUEST,
+from .http1 import (EITHER, F_GAP, F_INCOMPLETE, F_MID_STREAM, F_TRUNCATED, LOST, NOT_VISIBLE, OPAQUE, PAUSED, REQUEST,
                     RESPONSE, TRUNCATED, MessageBuilder, MessageReader, decoded_body, flags_of,
                     switches_protocol)
 from .streams import DirectionStream, Gap
@@ -30,6 +48,7 @@ log = structlog.get_logger("httptrace.sessions")
 EGRESS = 0
 INGRESS = 1
 MAX_PENDING_REQUESTS = 1024   # requests waiting for responses on one connection (pipelining bound)
+MAX_ORPHANS = 64              # orphan response times remembered per connection (see message_lost)
 _LOGGED_ERRORS = 10           # internal errors logged in full; the rest are only counted
 
 _STAT_KEYS = ("exchanges", "incomplete", "gaps", "truncated", "parse_errors", "orphan_responses",
@@ -41,13 +60,16 @@ _STAT_KEYS = ("exchanges", "incomplete", "gaps", "truncated", "parse_errors", "o
 class _Pending:
     """One request on a connection and what we know of its response."""
 
-    __slots__ = ("request", "response", "response_lost", "extra_flags")
+    __slots__ = ("request", "sent_ts", "seen", "response", "response_lost", "extra_flags", "tentative")
 
-    def __init__(self, request: MessageBuilder | None):
+    def __init__(self, request: MessageBuilder | None, sent_ts: int, seen: bool = True):
         self.request = request          # None: a request we know was sent but could not read
+        self.sent_ts = sent_ts          # its first byte (for a lost one: the event that showed it was lost)
+        self.seen = seen                # False: lost in a gap, where we only guess that one request began
         self.response: MessageBuilder | None = None
         self.response_lost = False      # its response was sent but could not be read
         self.extra_flags = 0
+        self.tentative = False          # `response` may answer a request lost after this one: not emitted yet
 
 
 class _Session:
@@ -74,6 +96,17 @@ class _Session:
         self.paused_on: _Pending | None = None   # the would-be upgrade the request reader waits on
         self.last_ts: int | None = None
         self.buffered = 0                        # bytes counted in the owner's total for this session
+        # Pairing across losses (see the module docstring).
+        self.event_ts: list[int | None] = [None, None]   # per direction: ts of the last event fed
+        self.last_response_ts: int | None = None  # first_ts of the last final response begun
+        self.response_gap = False     # response bytes lost where a response may have begun, since then
+        self.pipelined = False        # two requests were seen between two consecutive responses
+        self.uncertain = False        # pipelined, and a loss may have shifted the order: flag pairings
+        self.tentative: list[_Pending] = []   # pairings waiting for the request direction to confirm them
+        self.orphans: list[int] = []  # first_ts of orphan responses since the last request began
+        self.gap_lo: int | None = None   # while a request gap is fed: ts of the request event before it
+        self.feeding_request_gap = False
+        self.resuming = False         # the request reader goes on after a would-be upgrade was refused
 
     # -- sink interface for the two MessageReaders --------------------------------------------------
 
@@ -89,19 +122,19 @@ class _Session:
         if b.is_request:
             if len(pending) >= MAX_PENDING_REQUESTS:
                 self._evict_oldest()
-            entry = _Pending(b)
+            entry = _Pending(b, b.first_ts)
             b.entry = entry
             pending.append(entry)
+            if self.resuming:
+                # It waited behind a would-be upgrade, sent before that was answered: the client
+                # does not wait for answers.
+                self.pipelined = True
+            if self.orphans:    # only orphans later than the request event before a gap matter
+                self.orphans = [ts for ts in self.orphans if ts > b.first_ts]
             return None
-        entry = None
-        for candidate in pending:
-            if candidate.response is None and not candidate.response_lost:
-                entry = candidate
-                break
-        if entry is None or entry.request is None or entry.request.first_ts > b.first_ts:
+        entry = self._answered_by(b)
+        if entry is None:
             # Nothing (we saw) asked for it: caught mid-stream, or it answers a request we lost.
-            if entry is not None and entry.request is None:
-                pending.remove(entry)
             b.orphan = True
             self.owner._stats["orphan_responses"] += 1
             if b.status == 101:     # whatever it answered, the connection is not HTTP any more
@@ -120,7 +153,7 @@ class _Session:
             self._request_reader().go_opaque()
         elif entry is self.paused_on:
             self.paused_on = None
-            self._request_reader().resume()
+            self._resume_requests()
         return method
 
     def message_finished(self, reader: MessageReader, b: MessageBuilder) -> int | None:
@@ -141,11 +174,20 @@ class _Session:
     def message_lost(self, reader: MessageReader, bits: int) -> None:
         stats = self.owner._stats
         if reader.kind == REQUEST:
-            # Its response will come: a placeholder keeps the following responses paired right.
             stats["lost_requests"] += 1
+            if self.feeding_request_gap:
+                # Events were lost where this request began.  A response that came since the request
+                # event before the gap, with no request waiting for it, was its answer: nothing more
+                # will come for it, so no placeholder (it would take the next request's response).
+                lo = self.gap_lo
+                answered = any(lo is None or ts > lo for ts in self.orphans)
+                self.orphans = []
+                if answered:
+                    return
+            # Its response is still to come: a placeholder keeps the following responses paired right.
             if len(self.pending) >= MAX_PENDING_REQUESTS:
                 self._evict_oldest()
-            self.pending.append(_Pending(None))
+            self.pending.append(_Pending(None, reader.ts, not self.feeding_request_gap))
         elif reader.kind == RESPONSE:
             stats["lost_responses"] += 1
             for entry in self.pending:
@@ -153,13 +195,156 @@ class _Session:
                     if entry.request is None:
                         self.pending.remove(entry)
                         return
-                    entry.response_lost = True
-                    entry.extra_flags |= bits
-                    if entry is self.paused_on:
-                        self.paused_on = None
-                        self._request_reader().resume()
-                    self._try_emit(entry)
+                    self._lose_response(entry, bits)
                     return
+
+    # -- losses, as the Reassembler feeds them ------------------------------------------------------
+
+    def lost_bytes(self, direction: int, gap: Gap) -> None:
+        """Feed a gap where a message may have begun (not one inside a body of known length)."""
+        reader = self.readers[direction]
+        kind = reader.kind
+        if kind == RESPONSE:
+            self.response_gap = True
+            if self.pipelined:
+                self.uncertain = True
+            reader.receive_missing(gap.size, gap.ts_ns, LOST)
+        elif kind == REQUEST:
+            if self.tentative:      # a request may have been lost before the response they took
+                self._undo_tentative()
+            if self.pipelined:
+                self.uncertain = True
+            self.feeding_request_gap = True
+            self.gap_lo = self.event_ts[direction]
+            try:
+                reader.receive_missing(gap.size, gap.ts_ns, LOST)
+            finally:
+                self.feeding_request_gap = False
+        else:
+            reader.receive_missing(gap.size, gap.ts_ns, LOST)
+
+    def request_bytes_follow(self) -> None:
+        """The request direction goes on with no loss: no request was lost before the tentative pairings."""
+        entries, self.tentative = self.tentative, []
+        for entry in entries:
+            entry.tentative = False
+            self._try_emit(entry)
+
+    def _undo_tentative(self) -> None:
+        entries, self.tentative = self.tentative, []
+        stats = self.owner._stats
+        for entry in entries:
+            entry.tentative = False
+            b = entry.response
+            entry.response = None
+            if b is not None:
+                b.entry = None
+                b.orphan = True
+                b.capture_left = 0
+                stats["orphan_responses"] += 1
+                self._note_orphan(b.first_ts)
+            self._lose_response(entry, F_GAP)
+
+    def _lose_response(self, entry: _Pending, bits: int) -> None:
+        """`entry`'s response was sent but we cannot have it: it ends INCOMPLETE, flagged `bits`."""
+        entry.response_lost = True
+        entry.extra_flags |= bits
+        if entry is self.paused_on:
+            self.paused_on = None
+            self._resume_requests()
+        self._try_emit(entry)
+
+    def _resume_requests(self) -> None:
+        self.resuming = True
+        try:
+            self._request_reader().resume()
+        finally:
+            self.resuming = False
+
+    def _note_orphan(self, ts: int) -> None:
+        orphans = self.orphans
+        orphans.append(ts)
+        if len(orphans) > MAX_ORPHANS:
+            del orphans[0]
+
+    # -- pairing ------------------------------------------------------------------------------------
+
+    def _answered_by(self, b: MessageBuilder) -> _Pending | None:
+        """The entry whose request final response `b` answers (b.first_ts is its first byte), or None."""
+        ts = b.first_ts
+        previous = self.last_response_ts
+        self.last_response_ts = ts
+        gap = self.response_gap
+        self.response_gap = False
+        pending = self.pending
+        if not gap and not self.uncertain and len(pending) == 1:
+            # The common case: one request waiting, sent between the previous response and this one.
+            entry = pending[0]
+            if (entry.request is not None and entry.response is None and not entry.response_lost
+                    and entry.sent_ts <= ts and (previous is None or entry.sent_ts > previous)):
+                return entry
+        waiting = [entry for entry in pending if entry.response is None and not entry.response_lost]
+        if self.pipelined:
+            return self._in_order(waiting, ts, previous, gap)
+        before = [entry for entry in waiting if entry.sent_ts <= ts]
+        recent = [entry for entry in before if previous is None or entry.sent_ts > previous]
+        seen = sum(entry.seen for entry in recent)
+        if seen >= 2 and not gap:
+            # Two requests between two consecutive responses: the client pipelines.  (A request lost
+            # in a gap does not count: those bytes may as well have been the start of the next one.)
+            self.pipelined = True
+            return self._in_order(waiting, ts, previous, gap)
+        # Not pipelining: it answers the request sent since the previous response; whatever waits from
+        # before that lost its answer (or, for a placeholder, this response or a lost one answered it).
+        chosen = recent[-1] if recent else None
+        consumed = doubtful = False
+        for entry in before:
+            if entry is chosen:
+                break
+            if entry.request is None:
+                pending.remove(entry)
+                consumed = True
+                if not gap and (previous is None or entry.sent_ts > previous):
+                    # A request lost since the previous response, and this one is not after lost
+                    # response bytes: either the loss took the start of `chosen` (then what we read
+                    # of it began mid-way), or the client pipelines after all.
+                    doubtful = True
+            else:
+                self._lose_response(entry, F_GAP)
+        if chosen is None or chosen.request is None:
+            if chosen is not None:
+                pending.remove(chosen)      # it answers the request we could not read
+            elif not consumed:
+                self._note_orphan(ts)
+            return None
+        if gap:
+            # Responses were lost just before this one: it may answer a request lost after `chosen`.
+            if seen >= 2:    # ... or, if the client pipelines after all, an older one
+                doubtful = True
+            chosen.tentative = True
+            self.tentative.append(chosen)
+        if doubtful:
+            chosen.extra_flags |= F_GAP
+        return chosen
+
+    def _in_order(self, waiting: list[_Pending], ts: int, previous: int | None, gap: bool) -> _Pending | None:
+        """Pipelined connection: the oldest request waiting (flagged while a loss may have shifted it)."""
+        entry = waiting[0] if waiting else None
+        if entry is None or entry.request is None or entry.request.first_ts > ts:
+            if entry is not None and entry.request is None:
+                self.pending.remove(entry)
+            else:
+                self._note_orphan(ts)
+            return None
+        if gap:
+            self.uncertain = True
+        elif self.uncertain and len(waiting) == 1 and (previous is None or entry.request.first_ts > previous):
+            # The only request waiting, sent after the previous response began: nothing earlier is
+            # unanswered, so the order is known again.
+            self.uncertain = False
+        if self.uncertain:
+            entry.extra_flags |= F_GAP
+        return entry
 
     # -- pairing and output -------------------------------------------------------------------------
 
@@ -173,7 +358,7 @@ class _Session:
 
     def _try_emit(self, entry: _Pending) -> None:
         request = entry.request
-        if request is None or not request.done:
+        if request is None or not request.done or entry.tentative:
             return
         response = entry.response
         if response is None:
@@ -212,6 +397,9 @@ class _Session:
         self.owner._stats["evicted_requests"] += 1
         if entry is self.paused_on:
             self.paused_on = None
+        if entry.tentative:
+            entry.tentative = False
+            self.tentative.remove(entry)
         if entry.request is not None:
             entry.request.entry = None
             if entry.response is not None:
@@ -223,6 +411,11 @@ class _Session:
         """The connection closed (eof) or we stop watching it: emit everything it still holds."""
         for direction in (EGRESS, INGRESS):
             self.owner._feed(self, direction, self.streams[direction].release())
+        # Nothing more will tell whether a request was lost before these responses: keep them, flagged.
+        for entry in self.tentative:
+            entry.tentative = False
+            entry.extra_flags |= F_GAP
+        self.tentative = []
         for reader in self.readers:
             if eof:
                 reader.receive_eof(ts_ns)
@@ -273,7 +466,7 @@ class Reassembler:
 
     def __init__(self, *, max_body: int = 1 << 20, max_connection_buffer: int = 1 << 20,
                  max_total_buffer: int = 256 << 20, idle_timeout_ns: int = 60_000_000_000,
-                 max_header: int = 64 << 10, reorder_window: int = 4, reorder_timeout_ns: int = 250_000_000):
+                 max_header: int = 64 << 10, reorder_window: int = 0, reorder_timeout_ns: int = 250_000_000):
         self.max_body = max_body
         self.max_connection_buffer = max_connection_buffer
         self.max_total_buffer = max_total_buffer
@@ -323,11 +516,18 @@ class Reassembler:
                                           role=Role.UNKNOWN), mid_stream=True, start=None)
             if session.last_ts is None or ts_ns > session.last_ts:
                 session.last_ts = ts_ns
+            other = session.streams[1 - direction]
+            if other.held:
+                # The other direction waits for a hole to fill; this event is later than what it holds,
+                # and pairing needs both directions in time order: stop waiting.
+                self._feed(session, 1 - direction, other.release())
             stream = session.streams[direction]
             if stream.expected == pos and not stream.held:
                 # In order, nothing waiting: the common case skips the stream's bookkeeping.
                 stream.expected = pos + len(payload) + not_copied
                 reader = session.readers[direction]
+                if session.tentative and reader.kind == REQUEST:
+                    session.request_bytes_follow()
                 if payload:
                     reader.receive_data(payload, ts_ns)
                 if not_copied:
@@ -336,6 +536,7 @@ class Reassembler:
                 self._feed(session, direction, stream.push(pos, payload, not_copied, ts_ns, not_visible))
                 if stream.held:
                     self._holding.add(key)
+            session.event_ts[direction] = ts_ns
             self._account(session)
         except Exception as error:
             self._internal_error(key, error)
@@ -409,8 +610,13 @@ class Reassembler:
         for piece in pieces:
             if type(piece) is Gap:
                 self._stats["gaps"] += 1
-                reader.receive_missing(piece.size, piece.ts_ns, LOST)
+                if reader.absorbs(piece.size):      # inside a body: no message was lost whole
+                    reader.receive_missing(piece.size, piece.ts_ns, LOST)
+                else:
+                    session.lost_bytes(direction, piece)
             else:
+                if session.tentative and reader.kind == REQUEST:
+                    session.request_bytes_follow()
                 if piece.payload:
                     reader.receive_data(piece.payload, piece.ts_ns)
                 if piece.not_copied:

@@ -28,7 +28,10 @@ log = structlog.get_logger("httptrace.tracer")
 DEFAULT_RING_BUFFER_SIZE = 32 << 20
 DEFAULT_MAX_BODY = 16 << 20
 HEADER_ROOM = 64 << 10     # the kernel copies max_body plus this, so a cut body keeps its headers
-POLL_MS = 100              # stop() is noticed within this
+POLL_MS = 50               # stop() is noticed, and a quiet trickle of events shown, within this
+WAKEUP_BYTES = 256 << 10   # the kernel wakes us early only once this much is waiting
+MAX_BATCH = 4096           # events decoded per wake-up before exchanges are handed on: bounds memory
+DRAIN_SECONDS = 2.0        # after stop(), how long we keep draining a ring that is still filling
 SWEEP_EVERY_S = 2.0        # forget connections of processes that exited without close()
 
 _ROLE_OF_HINT = {RoleHint.UNKNOWN: Role.UNKNOWN, RoleHint.SERVER: Role.SERVER, RoleHint.CLIENT: Role.CLIENT}
@@ -67,6 +70,7 @@ class Tracer:
         self._pending: list = []  # decoded events, when iterating events()
         self._reassembler = None  # a sessions.Reassembler while exchanges() runs
         self._counts = {"events": 0, "bytes": 0, "connections": 0}  # connections: HTTP ones seen
+        self._batch = 0
         self._last_drops = 0
         self._ncpus = 1
 
@@ -84,6 +88,7 @@ class Tracer:
         self.close()
 
     def start(self) -> None:
+        self._stopping = False  # here, not in the iterators: a stop() right after start() must count
         checks.require_environment()
         started = time.monotonic()
         path = checks.object_path()
@@ -138,13 +143,16 @@ class Tracer:
         config.tls = int(bool(self.tls))
         config.comm = (self.comm or "").encode()[: events.COMM_LEN - 1]
         config.max_copy = self.max_body + HEADER_ROOM
+        config.wakeup_bytes = min(WAKEUP_BYTES, self.ring_buffer_size // 8)
         return config
 
     # ---- the ring buffer ------------------------------------------------------------------------
 
-    def _on_sample(self, data, size: int) -> None:
-        """Called by libbpf for each event; decodes it and hands it to the current sink."""
+    def _on_sample(self, data, size: int) -> bool:
+        """Called by libbpf for each event; decodes it and hands it to the current sink. Returns True to
+        pause the ring buffer once a batch is done, so a backlog is handed on in bounded pieces."""
         raw = _ffi_buffer(data, size)
+        self._batch += 1
         self._counts["events"] += 1
         kind = _U32.unpack_from(raw)[0]
         if kind == EventType.DATA:
@@ -157,6 +165,7 @@ class Tracer:
             self._sink_open(events.OpenEvent.from_buffer_copy(raw))
         elif kind == EventType.CLOSE:
             self._sink_close(events.CloseEvent.from_buffer_copy(raw))
+        return self._batch >= MAX_BATCH
 
     def _key(self, conn) -> tuple[int, int, int]:
         return (conn.tgid, conn.fd, conn.tsid)
@@ -222,10 +231,13 @@ class Tracer:
         """Poll the ring buffer until stop(); yields the wall time after each wake-up."""
         if self._ring is None:
             raise RuntimeError("Tracer is not started: use it as a context manager")
-        self._stopping = False
         next_sweep = time.monotonic() + SWEEP_EVERY_S
         while not self._stopping:
+            self._batch = 0
             self._ring.poll(POLL_MS)
+            if self._batch < MAX_BATCH:
+                # Events submitted without a wake-up (see wakeup_bytes) are only found by looking.
+                self._ring.consume()
             yield time.time_ns()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_EVERY_S
@@ -233,8 +245,13 @@ class Tracer:
                 self._report_drops()
                 if self._tls is not None:
                     self._tls.refresh()  # libraries of processes started since
-        self._ring.consume()
-        yield time.time_ns()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while True:  # what is left, batch by batch
+            self._batch = 0
+            self._ring.consume()
+            yield time.time_ns()
+            if self._batch < MAX_BATCH or time.monotonic() > deadline:
+                break
 
     # ---- housekeeping ---------------------------------------------------------------------------
 

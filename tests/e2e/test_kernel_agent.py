@@ -63,7 +63,11 @@ def test_curl_to_python_http_server_is_captured_byte_for_byte(capture, python_se
     assert {server.pid, client.pid} <= closed
 
 
-def test_ten_megabyte_response_arrives_whole(capture, python_server, tmp_path):
+@pytest.mark.parametrize("batch", ["default", "tiny"])
+def test_ten_megabyte_response_arrives_whole(capture, python_server, tmp_path, monkeypatch, batch):
+    """Also with the ring buffer paused after every 5 events: nothing lost or repeated across pauses."""
+    if batch == "tiny":
+        monkeypatch.setattr("httptrace.tracer.MAX_BATCH", 5)
     server, port, root = python_server
     body = os.urandom(10 * 1024 * 1024)
     (root / "big.bin").write_bytes(body)

@@ -113,6 +113,7 @@ void httptrace_route_libbpf_log(int max_level);
 C_SOURCE = r"""
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
 
@@ -121,11 +122,19 @@ static int httptrace_max_level = LIBBPF_WARN;
 
 static int httptrace_print(enum libbpf_print_level level, const char *fmt, va_list args)
 {
-    char line[1024];
+    char small[1024], *line = small;
+    va_list again;
+    int n;
     if ((int)level > httptrace_max_level)
         return 0; /* filtered here: libbpf's debug output is thousands of lines per load */
-    vsnprintf(line, sizeof(line), fmt, args);
-    httptrace_on_log((int)level, line);
+    va_copy(again, args);
+    n = vsnprintf(small, sizeof(small), fmt, args);
+    if (n >= (int)sizeof(small) && (line = malloc(n + 1)) != NULL) /* a whole verifier log: keep it all */
+        vsnprintf(line, n + 1, fmt, again);
+    va_end(again);
+    httptrace_on_log((int)level, line ? line : small);
+    if (line != small)
+        free(line);
     return 0;
 }
 

@@ -75,10 +75,10 @@ struct {
 /* A data event is too big for the 512-byte stack: it is built here, one slot per CPU. A plain array
  * indexed by CPU, because per-CPU map values are limited to 32 KiB. User space sets max_entries to the
  * number of possible CPUs. Small iovecs are packed into one event at data + filled; all the verifier
- * can prove is filled < HT_CHUNK_SIZE and a copy <= HT_CHUNK_SIZE, so `spill` makes that in bounds. */
+ * can prove is filled < HT_CHUNK_SIZE and a copy <= 0xffff (a mask), so `spill` makes that in bounds. */
 struct scratch_event {
 	struct ht_data_event ev;
-	__u8 spill[HT_CHUNK_SIZE];
+	__u8 spill[2 * HT_CHUNK_SIZE];
 };
 
 struct {
@@ -302,9 +302,8 @@ static long copy_step(__u32 index, void *unused)
 	if (n > HT_CHUNK_SIZE - filled)
 		n = HT_CHUNK_SIZE - filled;
 	__u32 len = n;
-	barrier_var(len);
-	if (len > HT_CHUNK_SIZE)
-		return 1;
+	/* One bounded register for every use: clang may pass an unchecked copy, which 6.1 rejects. */
+	asm volatile("%[len] &= 0xffff" : [len] "+r"(len));
 	if (bpf_probe_read_user(s->ev.data + filled, len, (void *)st->seg_addr))
 		return 1;
 	st->filled = filled + len;
@@ -425,13 +424,13 @@ static __always_inline struct pt_regs *syscall_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
-/* x86-64 syscall arguments: di, si, dx, r10, r8, r9 (direct loads: the task's regs are a BTF pointer).
+/* x86-64 syscall arguments: di, si, dx, r10, r8, r9, read from the saved user registers.
  * The contexts are struct syscall_trace_exit/_enter, the layout syscall tracepoints really have, not
  * trace_event_raw_sys_exit: on PREEMPT_RT kernels the two differ and CO-RE would move `ret` past the
  * event (attach then fails with EACCES). */
-#define ARG1(r) ((r)->di)
-#define ARG2(r) ((r)->si)
-#define ARG3(r) ((r)->dx)
+#define ARG1(r) BPF_CORE_READ(r, di)
+#define ARG2(r) BPF_CORE_READ(r, si)
+#define ARG3(r) BPF_CORE_READ(r, dx)
 
 enum buffer_kind {
 	BUF_PLAIN, /* (fd, buf, count): read, write, recvfrom, sendto */

@@ -1,8 +1,9 @@
 """TLS plaintext: find the OpenSSL libraries processes use and probe their read/write calls.
 
-An uprobe on a library file covers every process that maps it, including ones started later, so we
-attach once per distinct file (by inode: /lib and /usr/lib are the same files on merged-/usr systems).
-Statically linked TLS (Go's crypto/tls, BoringSSL in a binary) is not covered.
+An uprobe on a file covers every process that maps it, including ones started later, so we attach once
+per distinct file (by inode: /lib and /usr/lib are the same files on merged-/usr systems). Programs with
+OpenSSL linked in statically are found by their own symbol table (pyelftools), when it has one.
+Go's crypto/tls is not OpenSSL and is not covered.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import re
 import subprocess
 
 import structlog
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
 
 from .libbpf import BpfObject, Link
 
@@ -50,6 +53,33 @@ def mapped_libraries() -> list[str]:
     return sorted(found)
 
 
+MAX_BINARY_SIZE = 512 << 20  # reading a symbol table costs time: skip giants
+
+
+def has_own_openssl(path: str) -> bool:
+    """Does this executable define SSL_read/SSL_write itself (OpenSSL linked in statically)?"""
+    try:
+        if os.path.getsize(path) > MAX_BINARY_SIZE:
+            return False
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            for name in (".symtab", ".dynsym"):
+                table = elf.get_section_by_name(name)
+                if table is None or not hasattr(table, "get_symbol_by_name"):
+                    continue
+                found = [table.get_symbol_by_name(fn) for fn in ("SSL_read", "SSL_write")]
+                if all(sym and sym[0]["st_shndx"] != "SHN_UNDEF" and sym[0]["st_value"] for sym in found):
+                    return True
+    except (OSError, ELFError, ValueError):
+        pass
+    return False
+
+
+def running_executables() -> list[str]:
+    """/proc/PID/exe of every process: attaching through it reaches files inside containers too."""
+    return glob.glob("/proc/[0-9]*/exe")
+
+
 class TlsProbes:
     """The uprobes of one BpfObject; `refresh()` attaches to libraries seen since the last call."""
 
@@ -61,7 +91,8 @@ class TlsProbes:
 
     def refresh(self) -> list[str]:
         added = []
-        for path in system_libraries() + mapped_libraries():
+        libraries = system_libraries() + mapped_libraries()
+        for path in libraries + running_executables():
             try:
                 st = os.stat(path)
             except OSError:
@@ -69,14 +100,18 @@ class TlsProbes:
             if (st.st_dev, st.st_ino) in self._seen:
                 continue
             self._seen.add((st.st_dev, st.st_ino))
+            is_library = path in libraries
+            if not is_library and not has_own_openssl(path):
+                continue
+            shown = path if is_library else os.path.realpath(path)  # the program, not /proc/PID/exe
             try:
                 self._attach(path)
-            except Exception as exc:  # a library without the symbols (or an odd build) is skipped, not fatal
-                log.warning("cannot probe TLS library", path=path, error=str(exc))
+            except Exception as exc:  # a file without the symbols (or an odd build) is skipped, not fatal
+                log.warning("cannot probe TLS library", path=shown, error=str(exc))
                 continue
-            self.libraries.append(path)
-            added.append(path)
-            log.info("probing TLS library", path=path)
+            self.libraries.append(shown)
+            added.append(shown)
+            log.info("probing TLS library", path=shown)
         return added
 
     def _attach(self, path: str) -> None:

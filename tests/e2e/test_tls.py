@@ -108,3 +108,36 @@ def test_no_tls_flag_leaves_ciphertext_alone(tls_nginx):
         subprocess.run(["curl", "-sSk", "-o", "/dev/null", f"https://127.0.0.1:{port}/hello"], check=True)
     assert cap.exchanges == []
     assert cap.stats["parse_errors"] == 0
+
+
+STATIC_CLIENT = os.path.join(os.path.dirname(__file__), "servers", "static_tls", "client.c")
+
+
+@pytest.fixture(scope="module")
+def static_tls_client(tmp_path_factory):
+    """A client with OpenSSL linked in statically: no libssl.so in its process."""
+    out = tmp_path_factory.mktemp("static") / "static-tls-client"
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(out), STATIC_CLIENT, "-lssl", "-lcrypto", "-lpthread"],
+                   check=True, capture_output=True)
+    return str(out)
+
+
+def test_statically_linked_openssl_is_found_by_its_symbols(tls_nginx, static_tls_client):
+    """A long-running program started after the tracer: the periodic re-scan finds its own SSL_read and
+    SSL_write (no libssl.so in the process) and its requests are captured from then on."""
+    from httptrace.tracer import SWEEP_EVERY_S
+
+    _, port, www = tls_nginx
+    (www / "static.txt").write_bytes(b"for a static client\n")
+    with ExchangeCapture(ports=[port]) as cap:
+        client = subprocess.Popen([static_tls_client, str(port), "/static/static.txt", "--wait-stdin"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        time.sleep(SWEEP_EVERY_S * 2 + 0.5)  # the re-scan runs while the program waits
+        out = client.communicate(b"go\n", timeout=30)[0]
+    assert client.returncode == 0 and out.endswith(b"for a static client\n")
+    assert static_tls_client in cap.tracer.tls_libraries
+    clients = [ex for ex in by_role(cap.exchanges, Role.CLIENT) if ex.connection.pid == client.pid]
+    assert len(clients) == 1, [(ex.connection.comm, ex.connection.role) for ex in cap.exchanges]
+    (ex,) = clients
+    assert ex.connection.tls and ex.request.target == "/static/static.txt"
+    assert ex.response.status == 200 and ex.response.body == b"for a static client\n"

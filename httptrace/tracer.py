@@ -31,7 +31,8 @@ HEADER_ROOM = 64 << 10     # the kernel copies max_body plus this, so a cut body
 POLL_MS = 50               # stop() is noticed, and a quiet trickle of events shown, within this
 WAKEUP_BYTES = 256 << 10   # the kernel wakes us early only once this much is waiting
 MAX_BATCH = 4096           # events decoded per wake-up before exchanges are handed on: bounds memory
-DRAIN_SECONDS = 2.0        # after stop(), how long we keep draining a ring that is still filling
+DRAIN_SECONDS = 30.0       # after stop(), the most we spend on the backlog (a ring still being filled
+                           # by heavy traffic could otherwise keep us forever)
 SWEEP_EVERY_S = 2.0        # forget connections of processes that exited without close()
 
 _ROLE_OF_HINT = {RoleHint.UNKNOWN: Role.UNKNOWN, RoleHint.SERVER: Role.SERVER, RoleHint.CLIENT: Role.CLIENT}
@@ -246,11 +247,15 @@ class Tracer:
                 if self._tls is not None:
                     self._tls.refresh()  # libraries of processes started since
         deadline = time.monotonic() + DRAIN_SECONDS
-        while True:  # what is left, batch by batch
+        while True:  # the backlog, batch by batch, until the ring is empty
             self._batch = 0
             self._ring.consume()
             yield time.time_ns()
-            if self._batch < MAX_BATCH or time.monotonic() > deadline:
+            if self._batch < MAX_BATCH:
+                break
+            if time.monotonic() > deadline:
+                log.warning("stopped before the ring buffer was empty: its remaining events are not shown",
+                            seconds=DRAIN_SECONDS)
                 break
 
     # ---- housekeeping ---------------------------------------------------------------------------

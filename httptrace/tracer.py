@@ -72,6 +72,8 @@ class Tracer:
         self._reassembler = None  # a sessions.Reassembler while exchanges() runs
         self._counts = {"events": 0, "bytes": 0, "connections": 0}  # connections: HTTP ones seen
         self._batch = 0
+        self._dead_keys: list[bytes] = []  # conns keys of exited processes, closed at the next sweep
+        self._caught_up = False            # the reader emptied the ring since those keys were found
         self._last_drops = 0
         self._ncpus = 1
 
@@ -239,6 +241,7 @@ class Tracer:
             if self._batch < MAX_BATCH:
                 # Events submitted without a wake-up (see wakeup_bytes) are only found by looking.
                 self._ring.consume()
+                self._caught_up = self._caught_up or self._batch < MAX_BATCH
             yield time.time_ns()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_EVERY_S
@@ -261,21 +264,30 @@ class Tracer:
     # ---- housekeeping ---------------------------------------------------------------------------
 
     def _sweep_dead_processes(self) -> None:
-        """A process that dies closes its sockets without close(): forget them here and in the kernel."""
+        """A process that dies closes its sockets without close(): forget them here and in the kernel.
+
+        In two steps: keys of dead processes found now are acted on at the next sweep, and only once the
+        reader has caught up with the ring buffer in between, so the dead process's last events (still
+        queued when it was found dead) are reassembled before its connections are closed."""
         conns = self._object.map("conns")
-        dead = [key for key in conns.keys(8) if not os.path.exists(f"/proc/{_U64.unpack(key)[0] >> 32}")]
-        for key in dead:
-            raw = conns.lookup(key, ctypes.sizeof(events.ConnInfo))
-            conns.delete(key)
-            if raw is None:
-                continue
-            info = events.ConnInfo.from_buffer_copy(raw)
-            if info.open_sent:
-                closed = events.CloseEvent()
-                closed.hdr.type, closed.hdr.conn = EventType.CLOSE, info.id
-                closed.hdr.ts_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-                closed.bytes[0], closed.bytes[1] = info.pos[0], info.pos[1]
-                self._sink_close(closed)
+        if self._dead_keys and self._caught_up:
+            for key in self._dead_keys:
+                raw = conns.lookup(key, ctypes.sizeof(events.ConnInfo))
+                conns.delete(key)
+                if raw is None:
+                    continue
+                info = events.ConnInfo.from_buffer_copy(raw)
+                if info.open_sent:
+                    closed = events.CloseEvent()
+                    closed.hdr.type, closed.hdr.conn = EventType.CLOSE, info.id
+                    closed.hdr.ts_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                    closed.bytes[0], closed.bytes[1] = info.pos[0], info.pos[1]
+                    self._sink_close(closed)
+            self._dead_keys = []
+        if not self._dead_keys:
+            self._dead_keys = [key for key in conns.keys(8)
+                               if not os.path.exists(f"/proc/{_U64.unpack(key)[0] >> 32}")]
+            self._caught_up = False
 
     def drops(self) -> dict[str, int]:
         """Events the kernel could not write to the ring buffer (it was full), by event type."""

@@ -101,6 +101,7 @@ _START_LINE = {REQUEST: _REQUEST_LINE, RESPONSE: _STATUS_LINE,
 _START_HERE = {kind: re.compile(line) for kind, line in _START_LINE.items()}
 _START_AFTER_NEWLINE = {kind: re.compile(rb"\n(?=" + line + rb")") for kind, line in _START_LINE.items()}
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_COMMON_START = re.compile(rb"(?:HTTP/1\.|(?:GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) )")
 
 
 class MalformedHead(ValueError):
@@ -400,6 +401,7 @@ class MessageReader:
         # Once a valid start line has been seen, bytes we cannot read are parse errors; before that
         # (a connection caught mid-stream, or one that is not HTTP at all) they are just skipped.
         self.synced = False
+        self._at_start = not mid_stream   # nothing received yet, and a message begins at the first byte
         self._buffer_ts = 0     # ts of the event that brought buffer[0]
         self._old_len = 0       # in the current call, view[:_old_len] came from earlier events
         self._ts = 0            # ts of the current event
@@ -433,6 +435,17 @@ class MessageReader:
             else:
                 self.stats["opaque_bytes"] += len(data)
             return
+        if state == SYNC and _START_HERE[self.kind].match(data) is not None:
+            # Lost our place, and this event begins with a start line: an event begins a write, and a
+            # message usually does too.  Whatever partial line we kept (the end of a body with no
+            # newline, say) is not glued to it, or the message would be skipped with it (or read
+            # with a method like "abcGET") - unless the two make a start line themselves and this
+            # one does not begin with a common method ("G" then "ET / HTTP/1.1").
+            if self.buffer and (_COMMON_START.match(data) is not None or not self._line_start
+                                or _START_HERE[self.kind].match(bytes(self.buffer) + data) is None):
+                self._skip(len(self.buffer))
+                self.buffer = bytearray()
+            self._line_start = True
         buffer = self.buffer
         if buffer:
             self._old_len = len(buffer)
@@ -872,9 +885,10 @@ class MessageReader:
         self.stats["skipped_bytes"] += len(self.buffer)
         if self.message is not None:
             self._break_message(bit | F_GAP)
-        elif self.state == HEAD and self.synced:
+        elif self.state == HEAD and (self.synced or self._at_start):
             # a partial head, or the very start of a message, is gone
             self.sink.message_lost(self, bit | F_GAP)
+        self._at_start = False
         self.buffer = bytearray()
         self.state = SYNC
         self._scan = 0

@@ -60,11 +60,13 @@ _STAT_KEYS = ("exchanges", "incomplete", "gaps", "truncated", "parse_errors", "o
 class _Pending:
     """One request on a connection and what we know of its response."""
 
-    __slots__ = ("request", "sent_ts", "seen", "response", "response_lost", "extra_flags", "tentative")
+    __slots__ = ("request", "sent_ts", "seen", "losses_before", "response", "response_lost", "extra_flags",
+                 "tentative")
 
-    def __init__(self, request: MessageBuilder | None, sent_ts: int, seen: bool = True):
+    def __init__(self, request: MessageBuilder | None, sent_ts: int, losses_before: int, seen: bool = True):
         self.request = request          # None: a request we know was sent but could not read
         self.sent_ts = sent_ts          # its first byte (for a lost one: the event that showed it was lost)
+        self.losses_before = losses_before   # request-direction losses before it (_Session.request_losses)
         self.seen = seen                # False: lost in a gap, where we only guess that one request began
         self.response: MessageBuilder | None = None
         self.response_lost = False      # its response was sent but could not be read
@@ -97,11 +99,14 @@ class _Session:
         self.last_ts: int | None = None
         self.buffered = 0                        # bytes counted in the owner's total for this session
         # Pairing across losses (see the module docstring).
-        self.event_ts: list[int | None] = [None, None]   # per direction: ts of the last event fed
+        self.event_ts: list[int | None] = [None, None]   # per direction: ts of the last segment read
         self.last_response_ts: int | None = None  # first_ts of the last final response begun
         self.response_gap = False     # response bytes lost where a response may have begun, since then
         self.pipelined = False        # two requests were seen between two consecutive responses
-        self.uncertain = False        # pipelined, and a loss may have shifted the order: flag pairings
+        # Losses where a message may have begun, per direction, and their counts when the order was
+        # last known to be right: pipelined pairings made across a loss since then are flagged.
+        self.request_losses = self.response_losses = 0
+        self.sure_request_losses = self.sure_response_losses = 0
         self.tentative: list[_Pending] = []   # pairings waiting for the request direction to confirm them
         self.orphans: list[int] = []  # first_ts of orphan responses since the last request began
         self.gap_lo: int | None = None   # while a request gap is fed: ts of the request event before it
@@ -122,7 +127,7 @@ class _Session:
         if b.is_request:
             if len(pending) >= MAX_PENDING_REQUESTS:
                 self._evict_oldest()
-            entry = _Pending(b, b.first_ts)
+            entry = _Pending(b, b.first_ts, self.request_losses)
             b.entry = entry
             pending.append(entry)
             if self.resuming:
@@ -187,7 +192,7 @@ class _Session:
             # Its response is still to come: a placeholder keeps the following responses paired right.
             if len(self.pending) >= MAX_PENDING_REQUESTS:
                 self._evict_oldest()
-            self.pending.append(_Pending(None, reader.ts, not self.feeding_request_gap))
+            self.pending.append(_Pending(None, reader.ts, self.request_losses, not self.feeding_request_gap))
         elif reader.kind == RESPONSE:
             stats["lost_responses"] += 1
             for entry in self.pending:
@@ -206,14 +211,12 @@ class _Session:
         kind = reader.kind
         if kind == RESPONSE:
             self.response_gap = True
-            if self.pipelined:
-                self.uncertain = True
+            self.response_losses += 1
             reader.receive_missing(gap.size, gap.ts_ns, LOST)
         elif kind == REQUEST:
             if self.tentative:      # a request may have been lost before the response they took
                 self._undo_tentative()
-            if self.pipelined:
-                self.uncertain = True
+            self.request_losses += 1
             self.feeding_request_gap = True
             self.gap_lo = self.event_ts[direction]
             try:
@@ -277,11 +280,13 @@ class _Session:
         gap = self.response_gap
         self.response_gap = False
         pending = self.pending
-        if not gap and not self.uncertain and len(pending) == 1:
+        if not gap and not self.pipelined and len(pending) == 1:
             # The common case: one request waiting, sent between the previous response and this one.
             entry = pending[0]
             if (entry.request is not None and entry.response is None and not entry.response_lost
                     and entry.sent_ts <= ts and (previous is None or entry.sent_ts > previous)):
+                self.sure_request_losses = self.request_losses      # (_order_is_sure, inlined)
+                self.sure_response_losses = self.response_losses
                 return entry
         waiting = [entry for entry in pending if entry.response is None and not entry.response_lost]
         if self.pipelined:
@@ -325,6 +330,8 @@ class _Session:
             self.tentative.append(chosen)
         if doubtful:
             chosen.extra_flags |= F_GAP
+        elif not gap:
+            self._order_is_sure()
         return chosen
 
     def _in_order(self, waiting: list[_Pending], ts: int, previous: int | None, gap: bool) -> _Pending | None:
@@ -336,15 +343,19 @@ class _Session:
             else:
                 self._note_orphan(ts)
             return None
-        if gap:
-            self.uncertain = True
-        elif self.uncertain and len(waiting) == 1 and (previous is None or entry.request.first_ts > previous):
+        if not gap and len(waiting) == 1 and (previous is None or entry.request.first_ts > previous):
             # The only request waiting, sent after the previous response began: nothing earlier is
             # unanswered, so the order is known again.
-            self.uncertain = False
-        if self.uncertain:
+            self._order_is_sure()
+        elif entry.losses_before != self.sure_request_losses or self.response_losses != self.sure_response_losses:
+            # Requests lost before it, or responses lost before this one, since the order was last
+            # sure: how many is a guess, and so is this pairing.
             entry.extra_flags |= F_GAP
         return entry
+
+    def _order_is_sure(self) -> None:
+        self.sure_request_losses = self.request_losses
+        self.sure_response_losses = self.response_losses
 
     # -- pairing and output -------------------------------------------------------------------------
 
@@ -411,11 +422,10 @@ class _Session:
         """The connection closed (eof) or we stop watching it: emit everything it still holds."""
         for direction in (EGRESS, INGRESS):
             self.owner._feed(self, direction, self.streams[direction].release())
-        # Nothing more will tell whether a request was lost before these responses: keep them, flagged.
-        for entry in self.tentative:
-            entry.tentative = False
-            entry.extra_flags |= F_GAP
-        self.tentative = []
+        # Nothing more will tell whether a request was lost before these responses: rather than risk
+        # a response paired with the wrong request, their requests end without one.
+        if self.tentative:
+            self._undo_tentative()
         for reader in self.readers:
             if eof:
                 reader.receive_eof(ts_ns)
@@ -462,7 +472,13 @@ class _Session:
 
 
 class Reassembler:
-    """Turns the kernel's connection events into HTTP exchanges.  See the module docstring."""
+    """Turns the kernel's connection events into HTTP exchanges.  See the module docstring.
+
+    `reorder_window` (segments) and `reorder_timeout_ns` let a direction wait for a hole in `pos` to
+    fill before calling it a gap.  The kernel reports each direction in order (a syscall's chunks from
+    one CPU), so a hole is a loss and the default is not to wait; when waiting, an event in the other
+    direction ends it, as pairing needs both directions in time order.
+    """
 
     def __init__(self, *, max_body: int = 1 << 20, max_connection_buffer: int = 1 << 20,
                  max_total_buffer: int = 256 << 20, idle_timeout_ns: int = 60_000_000_000,
@@ -516,11 +532,10 @@ class Reassembler:
                                           role=Role.UNKNOWN), mid_stream=True, start=None)
             if session.last_ts is None or ts_ns > session.last_ts:
                 session.last_ts = ts_ns
-            other = session.streams[1 - direction]
-            if other.held:
+            if self._holding and session.streams[1 - direction].held:
                 # The other direction waits for a hole to fill; this event is later than what it holds,
                 # and pairing needs both directions in time order: stop waiting.
-                self._feed(session, 1 - direction, other.release())
+                self._feed(session, 1 - direction, session.streams[1 - direction].release())
             stream = session.streams[direction]
             if stream.expected == pos and not stream.held:
                 # In order, nothing waiting: the common case skips the stream's bookkeeping.
@@ -532,11 +547,11 @@ class Reassembler:
                     reader.receive_data(payload, ts_ns)
                 if not_copied:
                     reader.receive_missing(not_copied, ts_ns, NOT_VISIBLE if not_visible else TRUNCATED)
+                session.event_ts[direction] = ts_ns
             else:
                 self._feed(session, direction, stream.push(pos, payload, not_copied, ts_ns, not_visible))
                 if stream.held:
                     self._holding.add(key)
-            session.event_ts[direction] = ts_ns
             self._account(session)
         except Exception as error:
             self._internal_error(key, error)
@@ -622,6 +637,7 @@ class Reassembler:
                 if piece.not_copied:
                     reader.receive_missing(piece.not_copied, piece.ts_ns,
                                            NOT_VISIBLE if piece.not_visible else TRUNCATED)
+                session.event_ts[direction] = piece.ts_ns
 
     def _release_stale(self, now_ns: int) -> None:
         for key in list(self._holding):

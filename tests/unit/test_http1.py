@@ -450,6 +450,33 @@ def test_missing_bytes_in_sync_drop_the_partial_line():
     assert [m.target for m in rec.messages()] == ["/y"] and reader.state != SYNC
 
 
+def test_resync_tries_a_start_line_where_an_event_begins():
+    # After a loss, the rest of a body with no newline at its end is kept as a partial line; the next
+    # write's status line must not be glued to it (it would never be found, nor the ones after it).
+    rec = Recorder()
+    reader = MessageReader(RESPONSE, rec, stats={})
+    reader.receive_data(b"HTTP/1.1 200 OK\r\nContent-", 1)
+    reader.receive_missing(20, 2, LOST)
+    reader.receive_data(b"\r\n\r\n{\"id\": 1}", 2)
+    reader.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n", 3)
+    reader.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 4)
+    assert [m.status for m in rec.messages()] == [204, 200]
+    # A request line too, read whole (not as method "abcGET")
+    rec = Recorder()
+    reader = MessageReader(REQUEST, rec, stats={})
+    reader.receive_data(b"POST /a HTTP/1.1\r\nContent-", 1)
+    reader.receive_missing(20, 2, LOST)
+    reader.receive_data(b"\r\n\r\nabc", 2)
+    reader.receive_data(b"GET /b HTTP/1.1\r\n\r\n", 3)
+    assert [(m.method, m.target) for m in rec.messages()] == [("GET", "/b")]
+    # ... but a start line cut in two events is still one
+    rec = Recorder()
+    reader = MessageReader(REQUEST, rec, stats={}, mid_stream=True)
+    reader.receive_data(b"G", 1)
+    reader.receive_data(b"ET /c HTTP/1.1\r\n\r\n", 2)
+    assert [(m.method, m.target) for m in rec.messages()] == [("GET", "/c")]
+
+
 # -- pausing after a request that may switch protocols ---------------------------------------------
 
 def test_paused_reader_defers_everything_until_resumed():

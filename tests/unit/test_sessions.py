@@ -307,7 +307,9 @@ def test_gap_inside_a_request_head_loses_it_but_keeps_pairing():
     wire.response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc")
     exchanges = r.drain()
     assert [(e.request.target, e.response.body) for e in exchanges] == [("/a", b"ok"), ("/c", b"c")]
-    assert exchanges[1].flags == frozenset()    # skipped bytes were the lost request's rest, not malformed
+    # Skipped bytes were the lost request's rest, not malformed.  (GAP: on a pipelined connection, that
+    # the gap hid exactly one request is a guess, and /c's pairing rests on it.)
+    assert exchanges[0].flags == frozenset() and exchanges[1].flags == frozenset({Flag.GAP})
     stats = r.stats
     assert (stats["lost_requests"], stats["orphan_responses"], stats["gaps"]) == (1, 1, 1)
 
@@ -318,10 +320,15 @@ def test_gap_inside_a_response_head_ends_its_request_incomplete():
     wire.request(GET + b"GET /b HTTP/1.1\r\n\r\n")
     wire.response(b"HTTP/1.1 200 OK\r\nContent-Le")
     wire.response(b"\r\nHTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nb", lost_before=30)
-    first, second = r.drain()
+    [first] = r.drain()
     assert first.request.target == "/a" and first.response is None
     assert first.flags == frozenset({Flag.GAP, Flag.INCOMPLETE})
+    # The 201 follows lost bytes: it could also answer a request lost after /b.  The next request
+    # event, with nothing lost before it, says it does not.
+    wire.request(b"GET /c HTTP/1.1\r\n\r\n")
+    [second] = r.drain()
     assert (second.request.target, second.response.status) == ("/b", 201)
+    assert second.flags == frozenset()
 
 
 def test_gap_in_chunk_framing_breaks_the_response_but_keeps_the_exchange():
@@ -400,7 +407,7 @@ def test_upgrade_makes_the_connection_opaque():
 # -- ordering of events ---------------------------------------------------------------------------
 
 def test_out_of_order_events_are_reordered_without_a_gap():
-    r = Reassembler()
+    r = Reassembler(reorder_window=4)     # opt-in: the kernel reports each direction in order
     Wire(r)
     data = b"POST /x HTTP/1.1\r\nContent-Length: 6\r\n\r\nabcdef"
     r.data(KEY, EGRESS, 20, data[20:], 0, 12)

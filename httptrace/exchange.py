@@ -49,6 +49,15 @@ class Connection:
     tls: bool = False
 
 
+def header_value(headers, name: str) -> str | None:
+    """First value of header `name` in (name, value) pairs, case-insensitively."""
+    lname = name.lower()
+    for key, value in headers:
+        if key.lower() == lname:
+            return value
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One request or response: start line, headers and body, with capture facts."""
@@ -69,11 +78,7 @@ class Message:
 
     def header(self, name: str) -> str | None:
         """First value of a header, case-insensitively."""
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
+        return header_value(self.headers, name)
 
 
 @dataclass(frozen=True, slots=True)

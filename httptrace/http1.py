@@ -33,7 +33,7 @@ import gzip
 import re
 import zlib
 
-from .exchange import Flag, Message
+from .exchange import Flag, Message, header_value
 
 # What a reader expects to see.
 REQUEST = 1
@@ -189,11 +189,7 @@ class MessageBuilder:
                        self.trailers)
 
     def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
+        return header_value(self.headers, name)
 
     def __repr__(self) -> str:
         line = f"{self.method} {self.target}" if self.is_request else f"{self.status} {self.reason}"
@@ -646,10 +642,7 @@ class MessageReader:
         except MalformedHead as error:
             return self._fail_head(view, i, error)
         self._first_line_ok = False
-        self.synced = True
-        if self.kind == EITHER:
-            self.kind = REQUEST if b.is_request else RESPONSE
-            self.sink.kind_decided(self)
+        self._synced_on(b.is_request)
         b.first_ts = self._buffer_ts if i < self._old_len else self._ts
         b.last_ts = self._ts
         if self._next_flags:
@@ -706,10 +699,7 @@ class MessageReader:
                 except MalformedHead as error:
                     return self._fail_head(view, i, error)
                 self._first_line_ok = True
-                self.synced = True
-                if self.kind == EITHER:
-                    self.kind = REQUEST if start.is_request else RESPONSE
-                    self.sink.kind_decided(self)
+                self._synced_on(start.is_request)
         if n - i > self.max_header:
             return self._fail_head(view, i, MalformedHead("header block too large", self._starts_well(view, i)))
         self._scan = n - i
@@ -720,6 +710,13 @@ class MessageReader:
         if self._first_line_ok:
             return True
         return _START_HERE[self.kind].match(view, i) is not None
+
+    def _synced_on(self, is_request: bool) -> None:
+        """A valid start line: we are in step with the stream, and (if it was open) know its kind."""
+        self.synced = True
+        if self.kind == EITHER:
+            self.kind = REQUEST if is_request else RESPONSE
+            self.sink.kind_decided(self)
 
     def _fail_head(self, view, i: int, error: MalformedHead) -> int:
         """A head we cannot read: it is dropped, and we resync from the line after its first."""

@@ -89,10 +89,12 @@ class TlsProbes:
         self.libraries: list[str] = []
         self.links: list[Link] = []
 
-    def refresh(self) -> list[str]:
+    def refresh(self, executables: bool = True) -> list[str]:
+        """Attach to libraries (and, with `executables`, statically linked programs) not seen before.
+        Reading every program's symbol table takes a while: start-up leaves it to the first re-scan."""
         added = []
         libraries = system_libraries() + mapped_libraries()
-        for path in libraries + running_executables():
+        for path in libraries + (running_executables() if executables else []):
             try:
                 st = os.stat(path)
             except OSError:

@@ -113,7 +113,7 @@ class Tracer:
             from .tls import TlsProbes
 
             self._tls = TlsProbes(obj)
-            self._tls.refresh()
+            self._tls.refresh(executables=False)
         log.info("attached", programs=len(obj.links), seconds=round(time.monotonic() - started, 3),
                  pids=self.pids or "all", ports=self.ports or "all", comm=self.comm or "all")
 

@@ -740,18 +740,23 @@ class MessageReader:
         self.state = SYNC
         return resume
 
-    def _on_body(self, view, i: int) -> int:
-        b = self.message
+    def _take_counted(self, view, i: int) -> tuple[int, bool]:
+        """Body bytes of a known count (Content-Length or one chunk): take what is here; True once all are."""
         stop = i + self._remaining
         n = len(view)
-        b.last_ts = self._ts
+        self.message.last_ts = self._ts
         if stop <= n:
-            b.add_body(view, i, stop)
-            self._finish()
-            return stop
-        b.add_body(view, i, n)
+            self.message.add_body(view, i, stop)
+            return stop, True
+        self.message.add_body(view, i, n)
         self._remaining = stop - n
-        return n
+        return n, False
+
+    def _on_body(self, view, i: int) -> int:
+        end, complete = self._take_counted(view, i)
+        if complete:
+            self._finish()
+        return end
 
     def _on_chunk_size(self, view, i: int) -> int:
         newline = view.find(b"\n", i)
@@ -772,17 +777,10 @@ class MessageReader:
         return newline + 1
 
     def _on_chunk_data(self, view, i: int) -> int:
-        b = self.message
-        stop = i + self._remaining
-        n = len(view)
-        b.last_ts = self._ts
-        if stop <= n:
-            b.add_body(view, i, stop)
+        end, complete = self._take_counted(view, i)
+        if complete:
             self.state = CHUNK_END
-            return stop
-        b.add_body(view, i, n)
-        self._remaining = stop - n
-        return n
+        return end
 
     def _on_chunk_end(self, view, i: int) -> int:
         c = view[i]

@@ -6,6 +6,7 @@ privilege is a failure, never a skip.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -145,20 +146,27 @@ def capture():
     return EventCapture
 
 
+@contextlib.contextmanager
+def serving(cmd: list[str], port: int, host: str = "127.0.0.1", **popen_kwargs):
+    """A server process, yielded once it accepts connections on host:port; killed afterwards."""
+    proc = subprocess.Popen(cmd, **popen_kwargs)
+    try:
+        wait_for_port(port, host)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def python_server(tmp_path):
     """A ThreadingHTTPServer (python -m http.server) serving tmp_path/www on IPv4 and IPv6."""
     root = tmp_path / "www"
     root.mkdir()
     port = free_port(socket.AF_INET6)
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "::", "--directory", str(root),
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, "::1")
+    with serving([sys.executable, "-m", "http.server", "--bind", "::", "--directory", str(root), str(port)],
+                 port, "::1", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         yield proc, port, root
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def start_nginx(workdir, port: int, template: str = "nginx.conf.template") -> subprocess.Popen:
@@ -313,13 +321,8 @@ def go_programs(tmp_path_factory):
 def seed_server(go_programs):
     """(process, port) of the Go seed server on a free loopback port."""
     port = free_port()
-    proc = subprocess.Popen([go_programs["server"], "-addr", f"127.0.0.1:{port}"])
-    try:
-        wait_for_port(port)
+    with serving([go_programs["server"], "-addr", f"127.0.0.1:{port}"], port) as proc:
         yield proc, port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
@@ -327,14 +330,9 @@ def node_server():
     """(process, port) of tests/e2e/servers/node_server.js."""
     node = require_tool("node")
     port = free_port()
-    proc = subprocess.Popen([node, os.path.join(HERE, "servers", "node_server.js"), str(port)],
-                            stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
+    with serving([node, os.path.join(HERE, "servers", "node_server.js"), str(port)], port,
+                 stdout=subprocess.DEVNULL) as proc:
         yield proc, port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def parse_head_block(text: str) -> tuple[str, list[tuple[str, str]]]:

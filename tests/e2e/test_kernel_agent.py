@@ -13,7 +13,7 @@ import pytest
 
 from httptrace.events import Close, Data, Direction, Open, RoleHint
 
-from .conftest import HERE, curl, free_port, wait_for_port
+from .conftest import HERE, curl, free_port, serving, wait_for_port
 
 PY_SERVER = os.path.join(HERE, "servers", "py_server.py")
 RAW_CLIENT = os.path.join(HERE, "raw_client.py")
@@ -22,13 +22,8 @@ RAW_CLIENT = os.path.join(HERE, "raw_client.py")
 @pytest.fixture
 def py_server():
     port = free_port(socket.AF_INET6)
-    proc = subprocess.Popen([sys.executable, PY_SERVER, str(port)])
-    try:
-        wait_for_port(port, "::1")
+    with serving([sys.executable, PY_SERVER, str(port)], port, "::1") as proc:
         yield proc, port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def pattern(n: int) -> bytes:

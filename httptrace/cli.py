@@ -359,6 +359,21 @@ class CaptureRun:
         except OSError:   # stderr gone with the terminal (SIGHUP): nothing left to tell
             pass
 
+    def _write(self, batch: list) -> bool:
+        """Write the exchanges the filter keeps, then flush once; True when --count is reached."""
+        keep, write, count = self.keep, self.writer.write, self.count
+        done = False
+        for exchange in batch:
+            if keep(exchange):
+                write(exchange)
+                self.shown += 1
+                if count is not None and self.shown >= count:
+                    done = True
+                    break
+        if batch:
+            self.writer.flush()
+        return done
+
     def run(self) -> int:
         # Start-up objects (modules, the loaded object) never die: keep the collector from rescanning them
         # for every few thousand exchanges.
@@ -381,12 +396,8 @@ class CaptureRun:
             timer.start()
         write_error: OSError | None = None
         try:
-            for exchange in self.tracer.exchanges():
-                if not self.keep(exchange):
-                    continue
-                self.writer.write(exchange)
-                self.shown += 1
-                if self.count is not None and self.shown >= self.count:
+            for batch in self.tracer.exchange_batches():
+                if self._write(batch):
                     break
         except BrokenPipeError:   # `httptrace | head`: the reader is gone, stop quietly
             _silence_stdout()

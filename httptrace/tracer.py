@@ -219,6 +219,11 @@ class Tracer:
 
     def exchanges(self) -> Iterator[Exchange]:
         """Complete HTTP exchanges as they finish, until stop(); then whatever is pending, as incomplete."""
+        for batch in self.exchange_batches():
+            yield from batch
+
+    def exchange_batches(self) -> Iterator[list[Exchange]]:
+        """exchanges(), one list per wake-up (possibly empty): a writer can flush once per list."""
         from .sessions import Reassembler
 
         self._reassembler = Reassembler(max_body=self.max_body)
@@ -226,9 +231,9 @@ class Tracer:
         self._sink_close = self._reassemble_close
         for now_ns in self._pump():
             self._reassembler.expire(now_ns)
-            yield from self._reassembler.drain()
+            yield self._reassembler.drain()
         self._reassembler.flush(time.time_ns())
-        yield from self._reassembler.drain()
+        yield self._reassembler.drain()
 
     def _pump(self) -> Iterator[int]:
         """Poll the ring buffer until stop(); yields the wall time after each wake-up."""

@@ -1,7 +1,8 @@
 """Output stage: turns completed Exchanges into text lines, JSON Lines or a HAR file.
 
-Every writer has the same two methods, `write(exchange)` (which flushes, so a live
-view or a `tail -f` sees each exchange as it completes) and `close()`.  Redaction is
+Every writer has the same three methods: `write(exchange)`, `flush()` (the CLI calls it after
+each batch of exchanges, so a live view or a `tail -f` sees them within one wake-up, without a
+system call per exchange) and `close()`.  Redaction is
 applied by the writers themselves, so no format can forget it.  This module also holds
 the small helpers the formats share: timestamps, body decoding and body-as-text.
 """
@@ -21,6 +22,7 @@ FORMATS = ("text", "json", "har")
 
 class ExchangeWriter(Protocol):
     def write(self, exchange: Exchange) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
 
 

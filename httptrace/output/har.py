@@ -323,6 +323,9 @@ class HarWriter:
         else:
             self._stream.write(blob)
         self._entries += 1
+        self._stream.flush()   # valid on disk after every entry, not only after every batch
+
+    def flush(self) -> None:
         self._stream.flush()
 
     def close(self) -> None:

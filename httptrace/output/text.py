@@ -159,7 +159,7 @@ def format_details(exchange: Exchange, options: OutputOptions) -> list[str]:
 
 
 class TextWriter:
-    """Writes the text view to a text stream, one flush per exchange."""
+    """Writes the text view to a text stream; flush() (after each batch) makes it visible."""
 
     def __init__(self, stream: IO[str], options: OutputOptions):
         self._stream = stream
@@ -170,6 +170,8 @@ class TextWriter:
         if self._options.verbosity >= 1:
             text = "\n".join([text, *format_details(exchange, self._options)])
         self._stream.write(text + "\n")
+
+    def flush(self) -> None:
         self._stream.flush()
 
     def close(self) -> None:

@@ -51,15 +51,16 @@ class FakeTracer:
     def __exit__(self, *exc):
         self.exited = True
 
-    def exchanges(self):
+    def exchange_batches(self):
+        """One exchange per batch, like a quiet server: each is written and flushed on its own."""
         for index, exchange in enumerate(self._exchanges):
             if self.stopped.is_set():
                 return
             if index in self._during:
                 self._during[index]()
-            yield exchange
+            yield [exchange]
         while self._block and not self.stopped.wait(0.01):
-            pass
+            yield []
 
     def stop(self):
         self.stopped.set()
@@ -511,12 +512,12 @@ _CLI_SCRIPT = textwrap.dedent("""
             return self
         def __exit__(self, *exc):
             pass
-        def exchanges(self):
+        def exchange_batches(self):
             exchange = make_exchange(response=make_response(body=b"z" * 50_000))
-            yield exchange
-            print("ready", file=sys.stderr, flush=True)   # the first exchange is written by now
+            yield [exchange]
+            print("ready", file=sys.stderr, flush=True)   # the first batch is written by now
             while not self.stopped.is_set():
-                yield exchange
+                yield [exchange, exchange]
         def stop(self):
             self.stopped.set()
         def stats(self):

@@ -128,7 +128,7 @@ def test_vv_without_response():
     assert "  > a=1\n" in shown and "  < (no response)\n" in shown
 
 
-def test_each_exchange_is_flushed():
+def test_flush_is_one_per_batch():
     class Stream(io.StringIO):
         flushes = 0
 
@@ -139,4 +139,5 @@ def test_each_exchange_is_flushed():
     writer = TextWriter(stream, OutputOptions())
     writer.write(make_exchange())
     writer.write(make_exchange())
-    assert stream.flushes == 2 and stream.getvalue().count("\n") == 2
+    writer.flush()
+    assert stream.flushes == 1 and stream.getvalue().count("\n") == 2

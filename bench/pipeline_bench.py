@@ -1,0 +1,121 @@
+"""User-space pipeline micro benchmark: ring-buffer records -> decode -> reassemble -> JSON, no kernel.
+
+    python bench/pipeline_bench.py [--profile]
+
+It feeds the agent's own sample handler (Tracer._on_sample) with records laid out exactly as the
+kernel writes them (struct ht_data_event / ht_open_event), for the small nginx exchange that
+figures 2-4 load: a 40-byte wrk request read by the server, and the response head + 17-byte body
+written in one writev(). Each exchange is then filtered and written as JSON Lines to /dev/null,
+as the CLI does. What it leaves out: libbpf's loop and the C->Python callback, which figure 3
+includes. Printed: µs per exchange, best of a few rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from httptrace import events, tracer as tracer_module  # noqa: E402
+from httptrace.cli import CaptureRun  # noqa: E402
+from httptrace.filters import ExchangeFilter  # noqa: E402
+from httptrace.output import OutputOptions, make_writer  # noqa: E402
+
+REQUEST = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 24 Nov 2026 23:30:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 17\r\nConnection: keep-alive\r\n\r\n"
+            b"hello from nginx\n")
+CONNECTIONS = 50
+TGID = 4242
+
+
+def open_record(fd: int) -> bytes:
+    ev = events.OpenEvent()
+    ev.hdr.type = events.EventType.OPEN
+    ev.hdr.ts_ns = 1
+    ev.hdr.conn.tgid, ev.hdr.conn.fd, ev.hdr.conn.tsid = TGID, fd, fd * 7919
+    ev.family = events.AF_INET
+    ev.local_port, ev.remote_port = 18080, 40000 + fd
+    ev.local_addr[:4] = ev.remote_addr[:4] = (127, 0, 0, 1)
+    ev.role_hint = events.RoleHint.SERVER
+    ev.comm = b"nginx"
+    return bytes(ev)
+
+
+def data_record(fd: int, ts_ns: int, direction: int, pos: int, payload: bytes) -> bytes:
+    head = events.DataEventHead()
+    head.hdr.type = events.EventType.DATA
+    head.hdr.ts_ns = ts_ns
+    head.hdr.conn.tgid, head.hdr.conn.fd, head.hdr.conn.tsid = TGID, fd, fd * 7919
+    head.pos, head.len, head.direction = pos, len(payload), direction
+    return bytes(head) + payload
+
+
+def records(exchanges: int) -> list[bytes]:
+    out = [open_record(fd) for fd in range(CONNECTIONS)]
+    pos = {fd: [0, 0] for fd in range(CONNECTIONS)}
+    ts = 1000
+    for i in range(exchanges):
+        fd = i % CONNECTIONS
+        ts += 5000
+        out.append(data_record(fd, ts, events.Direction.INGRESS, pos[fd][1], REQUEST))
+        pos[fd][1] += len(REQUEST)
+        out.append(data_record(fd, ts + 20000, events.Direction.EGRESS, pos[fd][0], RESPONSE))
+        pos[fd][0] += len(RESPONSE)
+    return out
+
+
+def run_once(recs: list[bytes]) -> int:
+    """One pass through the agent's user-space stages; returns exchanges written."""
+    tracer = tracer_module.Tracer(ports=[18080])
+    tracer._ring = object()   # _pump is not used: records are handed in directly
+    stream = open(os.devnull, "w")
+    writer = make_writer("json", stream, OutputOptions())
+    run = CaptureRun(tracer, writer, ExchangeFilter(), count=None, duration=None, summary_stream=sys.stderr)
+    on_sample = tracer._on_sample
+    shown = 0
+    # The same wiring exchanges() sets up, driven by hand batch by batch as _pump would.
+    from httptrace.sessions import Reassembler
+    tracer._reassembler = reassembler = Reassembler(max_body=tracer.max_body)
+    tracer._sink_open, tracer._sink_data = tracer._reassemble_open, tracer._reassemble_data
+    tracer._sink_close = tracer._reassemble_close
+    batch = tracer_module.MAX_BATCH
+    for start in range(0, len(recs), batch):
+        for rec in recs[start:start + batch]:
+            on_sample(rec, len(rec))
+        for exchange in reassembler.drain():
+            if run.keep(exchange):
+                writer.write(exchange)
+                shown += 1
+    stream.close()
+    return shown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--exchanges", type=int, default=100_000)
+    parser.add_argument("--profile", action="store_true", help="cProfile one round, top 25 by own time")
+    args = parser.parse_args()
+    tracer_module._ffi_buffer = lambda data, size: data   # records are bytes here, not cffi pointers
+    recs = records(args.exchanges)
+    if args.profile:
+        import cProfile
+        import pstats
+        cProfile.runctx("run_once(recs)", globals(), {"recs": recs}, "/tmp/pipeline.prof")
+        pstats.Stats("/tmp/pipeline.prof").sort_stats("tottime").print_stats(25)
+        return
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        shown = run_once(recs)
+        best = min(best, time.perf_counter() - started)
+    assert shown == args.exchanges, f"{shown} exchanges written of {args.exchanges}"
+    print(f"pipeline: {best / shown * 1e6:.1f} us per exchange ({shown / best:,.0f} exchanges/s), "
+          f"decode + reassemble + filter + JSON to /dev/null")
+
+
+if __name__ == "__main__":
+    main()

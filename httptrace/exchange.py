@@ -1,12 +1,13 @@
 """The data model every stage after the reassembler speaks: one HTTP exchange.
 
-Pure data (frozen dataclasses); no parsing and no I/O here.  The reassembler
+Pure, immutable data; no parsing and no I/O here.  The reassembler
 (`sessions.py`) builds these; the outputs (`output/`) and the CLI filters read them.
 """
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Role(str, enum.Enum):
@@ -58,9 +59,12 @@ def header_value(headers, name: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One request or response: start line, headers and body, with capture facts."""
+class Message(NamedTuple):
+    """One request or response: start line, headers and body, with capture facts.
+
+    Immutable records.  Message and Exchange are named tuples rather than frozen dataclasses because
+    the reassembler makes two Messages and an Exchange per exchange, and a frozen dataclass costs
+    about 1.4 µs to construct against 0.4 µs for a named tuple."""
 
     version: str                          # "HTTP/1.1"
     headers: tuple[tuple[str, str], ...]  # in wire order, repeats kept; latin-1 decoded
@@ -81,14 +85,13 @@ class Message:
         return header_value(self.headers, name)
 
 
-@dataclass(frozen=True, slots=True)
-class Exchange:
+class Exchange(NamedTuple):
     """A request paired with its response (None when it never came)."""
 
     connection: Connection
     request: Message
     response: Message | None
-    flags: frozenset[Flag] = field(default_factory=frozenset)
+    flags: frozenset[Flag] = frozenset()
 
     @property
     def latency_ns(self) -> int | None:

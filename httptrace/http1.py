@@ -206,12 +206,24 @@ _STATUS_LINE_TEXT = re.compile(r"(HTTP/1\.[0-9]) ([0-9]{3})(?:[ \t](.*))?", re.S
 _FIELD_LINE = re.compile(r"^([^ \t\r\n:]+):[ \t]*([^\r\n]*)(?:\r\n|\Z)", re.M)
 
 
+_COMMON_METHODS = frozenset(("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"))
+_COMMON_VERSIONS = frozenset(("HTTP/1.1", "HTTP/1.0"))
+
+
 def parse_start_line(line: str, kind: int, builder: MessageBuilder | None = None) -> MessageBuilder:
     """Fill `builder` (or a new one) from a request or status line; raise MalformedHead."""
     b = builder if builder is not None else MessageBuilder()
     if line.startswith("HTTP/"):
         if kind == REQUEST:
             raise MalformedHead("status line where a request line was expected")
+        # The usual "HTTP/1.1 200 OK" without a regex; anything else is checked by the full grammar.
+        if (line[8:9] == " " and line[:8] in _COMMON_VERSIONS and line[9:12].isdigit() and line[9:12].isascii()
+                and (len(line) == 12 or line[12] == " ") and "\r" not in line and "\n" not in line):
+            b.is_request = False
+            b.version = line[:8]
+            b.status = int(line[9:12])
+            b.reason = line[13:]
+            return b
         match = _STATUS_LINE_TEXT.fullmatch(line)
         if match is None:
             raise MalformedHead(f"bad status line {line[:80]!r}")
@@ -222,6 +234,11 @@ def parse_start_line(line: str, kind: int, builder: MessageBuilder | None = None
         return b
     if kind == RESPONSE:
         raise MalformedHead("request line where a status line was expected")
+    parts = line.split(" ")
+    if (len(parts) == 3 and parts[0] in _COMMON_METHODS and parts[2] in _COMMON_VERSIONS and parts[1]
+            and parts[1].isascii() and parts[1].isprintable()):
+        b.method, b.target, b.version = parts
+        return b
     match = _REQUEST_LINE_TEXT.fullmatch(line)
     if match is None:
         raise MalformedHead(f"bad request line {line[:80]!r}")
@@ -268,10 +285,18 @@ def parse_head(text: str, kind: int) -> MessageBuilder:
     fields = _FIELD_LINE.findall(text, fields_at)
     if len(fields) == text.count("\n", fields_at) + 1 and " \r" not in text and "\t" not in text and text[-1] != " ":
         b.headers = tuple(fields)
-        lowered = text.lower()
-        lengths = _field_values(lowered, "\ncontent-length:")
-        codings = _field_values(lowered, "\ntransfer-encoding:")
-        upgrade = "\nupgrade:" in lowered
+        # Only the fields that frame the body, found in one pass over the lowered text.
+        framing = _FRAMING_FIELD.findall(text.lower(), newline)
+        if not framing:
+            return b
+        lengths, codings, upgrade = [], [], False
+        for name, value in framing:
+            if name == "content-length":
+                lengths.append(value)
+            elif name == "transfer-encoding":
+                codings.append(value)
+            else:
+                upgrade = True
     else:
         b.headers = tuple(parse_fields(split_lines(text[fields_at:])))
         lengths, codings, upgrade = [], [], False
@@ -295,18 +320,8 @@ def parse_head(text: str, kind: int) -> MessageBuilder:
     return b
 
 
-def _field_values(lowered: str, key: str) -> list[str]:
-    """Values of the field `key` ("\nname:") in a lowered head whose lines are all plain fields."""
-    values = []
-    at = lowered.find(key)
-    while at >= 0:
-        start = at + len(key)
-        end = lowered.find("\r", start)
-        if end < 0:
-            end = len(lowered)
-        values.append(lowered[start:end].lstrip(" "))
-        at = lowered.find(key, end)
-    return values
+# In a head whose lines are all plain "name: value" fields (checked by parse_head), lowered.
+_FRAMING_FIELD = re.compile(r"\n(content-length|transfer-encoding|upgrade):[ ]*([^\r]*)")
 
 
 def parse_content_length(value: str) -> int:

@@ -401,6 +401,11 @@ class _Session:
             bits |= F_INCOMPLETE
         exchange = Exchange(self.exchange_connection, request.build(),
                             response.build() if response is not None else None, flags_of(bits))
+        # Builder and entry point at each other: unlink them, so they are freed now rather than by
+        # the cycle collector (which would otherwise run every few hundred exchanges).
+        request.entry = None
+        if response is not None:
+            response.entry = None
         self.owner._completed(exchange, bits)
 
     def _evict_oldest(self) -> None:

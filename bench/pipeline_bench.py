@@ -12,6 +12,7 @@ includes. Printed: µs per exchange, best of a few rounds.
 from __future__ import annotations
 
 import argparse
+import gc
 import ctypes
 import os
 import sys
@@ -54,7 +55,14 @@ def data_record(fd: int, ts_ns: int, direction: int, pos: int, payload: bytes) -
     return bytes(head) + payload
 
 
-def records(exchanges: int) -> list[bytes]:
+def big_response(size: int) -> bytes:
+    """The seed's answer of `size` letters, as Go sends it: one chunk of chunked coding."""
+    body = b'{"answer":"' + b"abcdefghijklmnopqrstuvwxyz"[:13] * (size // 13) + b'"}\n'
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDate: Tue, 24 Nov 2026 23:30:00 GMT\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body)) + body + b"\r\n0\r\n\r\n"
+
+
+def records(exchanges: int, response: bytes = RESPONSE) -> list[bytes]:
     out = [open_record(fd) for fd in range(CONNECTIONS)]
     pos = {fd: [0, 0] for fd in range(CONNECTIONS)}
     ts = 1000
@@ -63,8 +71,10 @@ def records(exchanges: int) -> list[bytes]:
         ts += 5000
         out.append(data_record(fd, ts, events.Direction.INGRESS, pos[fd][1], REQUEST))
         pos[fd][1] += len(REQUEST)
-        out.append(data_record(fd, ts + 20000, events.Direction.EGRESS, pos[fd][0], RESPONSE))
-        pos[fd][0] += len(RESPONSE)
+        for at in range(0, len(response), events.CHUNK_SIZE):   # the kernel's event size
+            chunk = response[at:at + events.CHUNK_SIZE]
+            out.append(data_record(fd, ts + 20000, events.Direction.EGRESS, pos[fd][0], chunk))
+            pos[fd][0] += len(chunk)
     return out
 
 
@@ -97,10 +107,15 @@ def run_once(recs: list[bytes]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exchanges", type=int, default=100_000)
+    parser.add_argument("--body-mb", type=int, default=0,
+                        help="responses with a body of this many MB (the seed's, in 32 KiB events) instead")
     parser.add_argument("--profile", action="store_true", help="cProfile one round, top 25 by own time")
     args = parser.parse_args()
     tracer_module._ffi_buffer = lambda data, size: data   # records are bytes here, not cffi pointers
-    recs = records(args.exchanges)
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)   # as CaptureRun.run() sets it
+    response = big_response(args.body_mb << 20) if args.body_mb else RESPONSE
+    recs = records(args.exchanges, response)
     if args.profile:
         import cProfile
         import pstats
@@ -113,7 +128,8 @@ def main() -> None:
         shown = run_once(recs)
         best = min(best, time.perf_counter() - started)
     assert shown == args.exchanges, f"{shown} exchanges written of {args.exchanges}"
-    print(f"pipeline: {best / shown * 1e6:.1f} us per exchange ({shown / best:,.0f} exchanges/s), "
+    print(f"pipeline: {best / shown * 1e6:.1f} us per exchange ({shown / best:,.0f} exchanges/s, "
+          f"{shown * len(response) / best / 1e6:,.0f} MB/s of responses), "
           f"decode + reassemble + filter + JSON to /dev/null")
 
 

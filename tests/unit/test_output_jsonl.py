@@ -11,6 +11,7 @@ from httptrace.output import OutputOptions, make_writer
 from httptrace.output.jsonl import JsonLinesWriter, exchange_to_dict, exchange_to_json
 from httptrace.redact import NO_REDACTION, Redactor
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from .test_output_common import exchanges, make_exchange, make_request, make_response
@@ -165,3 +166,33 @@ def test_each_connection_gets_its_own_fields():
         assert (record["pid"], record["comm"]) == (pid, f"p{pid}")
         seen.add(record["pid"])
     assert len(seen) == 50
+
+
+@pytest.mark.parametrize("body", [
+    ("x" * 3_000_001).encode(),                                  # text, several pieces
+    ("é\"\\\n\x01€" * 400_000).encode(),                         # text that needs escaping, cut anywhere
+    bytes(range(256)) * 9000,                                    # binary: base64
+])
+def test_large_bodies_written_in_pieces_give_the_same_line(body):
+    exchange = make_exchange(request=make_request(method="POST", body=body), response=make_response(body=body[:5]))
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    writer = make_writer("json", stream, OutputOptions())
+    writer.write(exchange)
+    writer.write(make_exchange())
+    writer.close()
+    first, second, *more = stream.buffer.getvalue().split(b"\n")
+    assert more == [b""]
+    assert json.loads(first) == json.loads(exchange_to_json(exchange, Redactor()))
+    assert json.loads(second) == json.loads(exchange_to_json(make_exchange(), Redactor()))
+
+
+def test_a_header_that_looks_like_the_placeholder_does_not_confuse_the_splice():
+    from httptrace.output import jsonl
+    request = make_request(method="POST", body=b"y" * (jsonl.LARGE_BODY + 1),
+                           headers=(("X-Odd", jsonl._PLACEHOLDER),))
+    exchange = make_exchange(request=request)
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    writer = make_writer("json", stream, OutputOptions())
+    writer.write(exchange)
+    writer.close()
+    assert json.loads(stream.buffer.getvalue()) == json.loads(exchange_to_json(exchange, Redactor()))

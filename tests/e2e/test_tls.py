@@ -125,14 +125,17 @@ def static_tls_client(tmp_path_factory):
 def test_statically_linked_openssl_is_found_by_its_symbols(tls_nginx, static_tls_client):
     """A long-running program started after the tracer: the periodic re-scan finds its own SSL_read and
     SSL_write (no libssl.so in the process) and its requests are captured from then on."""
-    from httptrace.tracer import SWEEP_EVERY_S
+    from httptrace.tracer import TLS_RESCAN_EVERY_S
 
     _, port, www = tls_nginx
     (www / "static.txt").write_bytes(b"for a static client\n")
     with ExchangeCapture(ports=[port]) as cap:
         client = subprocess.Popen([static_tls_client, str(port), "/static/static.txt", "--wait-stdin"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        time.sleep(SWEEP_EVERY_S * 2 + 0.5)  # the re-scan runs while the program waits
+        # A re-scan examines programs for a bounded time, so the first may not reach this one.
+        deadline = time.monotonic() + TLS_RESCAN_EVERY_S * 4 + 5
+        while static_tls_client not in cap.tracer.tls_libraries and time.monotonic() < deadline:
+            time.sleep(0.2)
         out = client.communicate(b"go\n", timeout=30)[0]
     assert client.returncode == 0 and out.endswith(b"for a static client\n")
     assert static_tls_client in cap.tracer.tls_libraries

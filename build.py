@@ -49,8 +49,8 @@ def compile_bpf(out_dir: str = BPF_OUT_DIR) -> list[str]:
 
 
 # ---- the cffi out-of-line API module httptrace._libbpf --------------------------------------------
-# Only what the loader uses. Reads like a header: types, then functions, then the two callbacks that
-# come back into Python (libbpf's log and the ring-buffer sample).
+# Only what the loader uses. Reads like a header: types, then functions, then the ring buffer's batch
+# (filled in C) and the one callback that comes back into Python (libbpf's log).
 
 CDEF = r"""
 /* types: opaque libbpf handles */
@@ -103,19 +103,66 @@ int libbpf_probe_bpf_helper(int prog_type, int helper_id, const void *opts);
 int libbpf_num_possible_cpus(void);
 int libbpf_strerror(int err, char *buf, size_t size);
 
-/* callbacks into Python (see the C source below) */
-extern "Python" int httptrace_on_sample(void *ctx, void *data, size_t size);
+/* ring-buffer samples are copied into a batch in C, then read by Python (see the C source below) */
+struct httptrace_batch {
+    unsigned char *buf;   /* records: u32 sample size, 4 bytes of padding, the sample, padded to 8 */
+    size_t capacity;
+    size_t used;
+    size_t count;
+    size_t max_count;     /* stop after this many samples */
+    size_t room;          /* ... or when less than this (one largest record) is free */
+    size_t oversized;     /* samples that did not fit (cannot happen while `room` is right) */
+};
+int httptrace_batch_sample(void *ctx, void *data, size_t size);
+
+/* callbacks into Python */
 extern "Python" void httptrace_on_log(int level, const char *line);
 void httptrace_route_libbpf_log(int max_level);
 """
 
 # libbpf's print callback takes a va_list, which Python cannot take: format it here, then call Python.
 C_SOURCE = r"""
+#include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
+
+struct httptrace_batch {
+    unsigned char *buf;
+    size_t capacity;
+    size_t used;
+    size_t count;
+    size_t max_count;
+    size_t room;
+    size_t oversized;
+};
+
+/* libbpf's sample callback: a copy into the batch, no call into Python per event. libbpf consumes a
+ * sample whatever the callback returns; a negative return only stops it after this one, which is how a
+ * full batch leaves the rest of the backlog in the ring. */
+int httptrace_batch_sample(void *ctx, void *data, size_t size)
+{
+    struct httptrace_batch *b = ctx;
+    size_t need = 8 + ((size + 7) & ~(size_t)7);
+    if (b->used + need > b->capacity) {
+        b->oversized++;
+        return -EAGAIN;
+    }
+    unsigned char *at = b->buf + b->used;
+    uint32_t size32 = (uint32_t)size;
+    memcpy(at, &size32, sizeof(size32));
+    memset(at + 4, 0, 4);
+    memcpy(at + 8, data, size);
+    b->used += need;
+    b->count++;
+    if (b->count >= b->max_count || b->capacity - b->used < b->room)
+        return -EAGAIN;
+    return 0;
+}
 
 static void httptrace_on_log(int level, const char *line);
 static int httptrace_max_level = LIBBPF_WARN;

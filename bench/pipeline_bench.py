@@ -2,11 +2,11 @@
 
     python bench/pipeline_bench.py [--profile]
 
-It feeds the agent's own sample handler (Tracer._on_sample) with records laid out exactly as the
-kernel writes them (struct ht_data_event / ht_open_event), for the small nginx exchange that
+It feeds the agent's own batch decoder (Tracer._decode) with batches laid out as RingBuffer returns
+them, of records laid out exactly as the kernel writes them (struct ht_data_event / ht_open_event), for the small nginx exchange that
 figures 2-4 load: a 40-byte wrk request read by the server, and the response head + 17-byte body
 written in one writev(). Each exchange is then filtered and written as JSON Lines to /dev/null,
-as the CLI does. What it leaves out: libbpf's loop and the C->Python callback, which figure 3
+as the CLI does. What it leaves out: libbpf's loop and the copy into the batch (C), which figure 3
 includes. Printed: µs per exchange, best of a few rounds.
 """
 from __future__ import annotations
@@ -78,24 +78,38 @@ def records(exchanges: int, response: bytes = RESPONSE) -> list[bytes]:
     return out
 
 
-def run_once(recs: list[bytes]) -> int:
+def batches(recs: list[bytes], max_count: int = tracer_module.MAX_BATCH, max_bytes: int = 4 << 20):
+    """The records as RingBuffer.poll() returns them: (buffer, count), each record as
+    (u32 size, 4 bytes of padding, the event, padding to 8 bytes)."""
+    out, parts, count, size = [], [], 0, 0
+    for rec in recs:
+        padded = rec + bytes(-len(rec) % 8)
+        parts.append(len(rec).to_bytes(4, "little") + bytes(4) + padded)
+        count += 1
+        size += 8 + len(padded)
+        if count >= max_count or max_bytes - size < 8 + events.CHUNK_SIZE + 64:
+            out.append((b"".join(parts), count))
+            parts, count, size = [], 0, 0
+    if parts:
+        out.append((b"".join(parts), count))
+    return out
+
+
+def run_once(recs: list[tuple[bytes, int]]) -> int:
     """One pass through the agent's user-space stages; returns exchanges written."""
     tracer = tracer_module.Tracer(ports=[18080])
     tracer._ring = object()   # _pump is not used: records are handed in directly
     stream = open(os.devnull, "w")
     writer = make_writer("json", stream, OutputOptions())
     run = CaptureRun(tracer, writer, ExchangeFilter(), count=None, duration=None, summary_stream=sys.stderr)
-    on_sample = tracer._on_sample
     shown = 0
     # The same wiring exchanges() sets up, driven by hand batch by batch as _pump would.
     from httptrace.sessions import Reassembler
     tracer._reassembler = reassembler = Reassembler(max_body=tracer.max_body)
     tracer._sink_open, tracer._sink_data = tracer._reassemble_open, tracer._reassemble_data
     tracer._sink_close = tracer._reassemble_close
-    batch = tracer_module.MAX_BATCH
-    for start in range(0, len(recs), batch):
-        for rec in recs[start:start + batch]:
-            on_sample(rec, len(rec))
+    for batch in recs:
+        tracer._decode(batch)
         for exchange in reassembler.drain():
             if run.keep(exchange):
                 writer.write(exchange)
@@ -111,11 +125,10 @@ def main() -> None:
                         help="responses with a body of this many MB (the seed's, in 32 KiB events) instead")
     parser.add_argument("--profile", action="store_true", help="cProfile one round, top 25 by own time")
     args = parser.parse_args()
-    tracer_module._ffi_buffer = lambda data, size: data   # records are bytes here, not cffi pointers
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)   # as CaptureRun.run() sets it
     response = big_response(args.body_mb << 20) if args.body_mb else RESPONSE
-    recs = records(args.exchanges, response)
+    recs = batches(records(args.exchanges, response))
     if args.profile:
         import cProfile
         import pstats

@@ -206,24 +206,12 @@ _STATUS_LINE_TEXT = re.compile(r"(HTTP/1\.[0-9]) ([0-9]{3})(?:[ \t](.*))?", re.S
 _FIELD_LINE = re.compile(r"^([^ \t\r\n:]+):[ \t]*([^\r\n]*)(?:\r\n|\Z)", re.M)
 
 
-_COMMON_METHODS = frozenset(("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"))
-_COMMON_VERSIONS = frozenset(("HTTP/1.1", "HTTP/1.0"))
-
-
 def parse_start_line(line: str, kind: int, builder: MessageBuilder | None = None) -> MessageBuilder:
     """Fill `builder` (or a new one) from a request or status line; raise MalformedHead."""
     b = builder if builder is not None else MessageBuilder()
     if line.startswith("HTTP/"):
         if kind == REQUEST:
             raise MalformedHead("status line where a request line was expected")
-        # The usual "HTTP/1.1 200 OK" without a regex; anything else is checked by the full grammar.
-        if (line[8:9] == " " and line[:8] in _COMMON_VERSIONS and line[9:12].isdigit() and line[9:12].isascii()
-                and (len(line) == 12 or line[12] == " ") and "\r" not in line and "\n" not in line):
-            b.is_request = False
-            b.version = line[:8]
-            b.status = int(line[9:12])
-            b.reason = line[13:]
-            return b
         match = _STATUS_LINE_TEXT.fullmatch(line)
         if match is None:
             raise MalformedHead(f"bad status line {line[:80]!r}")
@@ -234,11 +222,6 @@ def parse_start_line(line: str, kind: int, builder: MessageBuilder | None = None
         return b
     if kind == RESPONSE:
         raise MalformedHead("request line where a status line was expected")
-    parts = line.split(" ")
-    if (len(parts) == 3 and parts[0] in _COMMON_METHODS and parts[2] in _COMMON_VERSIONS and parts[1]
-            and parts[1].isascii() and parts[1].isprintable()):
-        b.method, b.target, b.version = parts
-        return b
     match = _REQUEST_LINE_TEXT.fullmatch(line)
     if match is None:
         raise MalformedHead(f"bad request line {line[:80]!r}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno as errno_names
 import os
-from typing import Callable, Iterator
+from typing import Iterator
 
 import structlog
 
@@ -229,54 +229,51 @@ class BpfObject:
 
 # ---- ring buffer --------------------------------------------------------------------------------
 
-# (cffi void* data, size) -> truthy to pause: poll()/consume() return after this sample, the rest waits
-SampleCallback = Callable[[object, int], object]
-_PAUSE = -errno_names.EAGAIN
-
-
-@ffi.def_extern()
-def httptrace_on_sample(ctx, data, size):
-    ring = ffi.from_handle(ctx)
-    try:
-        if ring.callback(data, size):
-            ring.paused = True
-            return _PAUSE  # libbpf has consumed this sample and stops here
-        return 0
-    except BaseException as exc:  # re-raised by poll(): never lose an error inside libbpf's loop
-        ring.pending_error = exc
-        return -1
-
-
 class RingBuffer:
-    """Drains one BPF_MAP_TYPE_RINGBUF map; `callback(data, size)` gets each sample's raw pointer."""
+    """Drains one BPF_MAP_TYPE_RINGBUF map in batches.
 
-    def __init__(self, ring_map: Map, callback: SampleCallback):
-        self.callback = callback
-        self.pending_error: BaseException | None = None
-        self.paused = False
-        self._self_handle = ffi.new_handle(self)
-        self._handle = lib.ring_buffer__new(ring_map.fd, lib.httptrace_on_sample, self._self_handle, ffi.NULL)
+    libbpf hands each sample to a C function of the cffi module that copies it into a batch buffer;
+    poll()/consume() return the batch as (buffer, count) for Python to read: one call from Python
+    into C per batch instead of one from C into Python per event (that was ~13% of the agent's CPU).
+    A batch ends after `max_count` samples or when the buffer could not take one more of
+    `max_sample` bytes; `full` then says the ring may hold more.  Each record in the buffer is a
+    u32 size, 4 bytes of padding and the sample, padded to 8 bytes (see records())."""
+
+    def __init__(self, ring_map: Map, *, max_sample: int, max_count: int = 4096, batch_bytes: int = 4 << 20):
+        room = 8 + ((max_sample + 7) & ~7)
+        if batch_bytes < room:
+            raise ValueError(f"batch of {batch_bytes} bytes cannot hold one sample of {max_sample}")
+        self._buf = ffi.new("unsigned char[]", batch_bytes)
+        self._batch = batch = ffi.new("struct httptrace_batch *")
+        batch.buf, batch.capacity, batch.max_count, batch.room = self._buf, batch_bytes, max_count, room
+        self.full = False
+        self._handle = lib.ring_buffer__new(ring_map.fd, ffi.addressof(lib, "httptrace_batch_sample"), batch,
+                                            ffi.NULL)
         if self._handle == ffi.NULL:
             self._handle = None
             raise _error("create ring buffer", 0)
 
-    def _raise_pending(self, rc: int, step: str) -> int:
-        if self.pending_error is not None:
-            exc, self.pending_error = self.pending_error, None
-            raise exc
-        if self.paused:
-            self.paused = False
-            return 0
-        if rc < 0 and rc != -errno_names.EINTR:  # a signal is a clean wake-up, not a failure
+    @property
+    def oversized(self) -> int:
+        """Samples lost because they were larger than `max_sample` (a contract mismatch)."""
+        return self._batch.oversized
+
+    def _take(self, rc: int, step: str) -> tuple[object, int]:
+        batch = self._batch
+        self.full = rc == -errno_names.EAGAIN
+        if rc < 0 and not self.full and rc != -errno_names.EINTR:   # a signal is a clean wake-up
             raise _error(step, rc)
-        return max(rc, 0)
+        records = ffi.buffer(self._buf, batch.used), batch.count
+        batch.used = batch.count = 0
+        return records
 
-    def poll(self, timeout_ms: int) -> int:
-        """Wait up to timeout_ms for data, then consume what is there; returns events handled."""
-        return self._raise_pending(lib.ring_buffer__poll(self._handle, timeout_ms), "poll ring buffer")
+    def poll(self, timeout_ms: int) -> tuple[object, int]:
+        """Wait up to timeout_ms for data, then take a batch of what is there: (buffer, samples)."""
+        return self._take(lib.ring_buffer__poll(self._handle, timeout_ms), "poll ring buffer")
 
-    def consume(self) -> int:
-        return self._raise_pending(lib.ring_buffer__consume(self._handle), "consume ring buffer")
+    def consume(self) -> tuple[object, int]:
+        """Take a batch of what is there now, without waiting."""
+        return self._take(lib.ring_buffer__consume(self._handle), "consume ring buffer")
 
     def close(self) -> None:
         if self._handle is not None:

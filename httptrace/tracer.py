@@ -20,7 +20,6 @@ import structlog
 from . import checks, events
 from .events import DataFlags, Direction, EventType, RoleHint
 from .exchange import Connection, Endpoint, Exchange, Role
-from ._libbpf import ffi
 from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 
 log = structlog.get_logger("httptrace.tracer")
@@ -30,7 +29,7 @@ DEFAULT_MAX_BODY = 16 << 20
 HEADER_ROOM = 64 << 10     # the kernel copies max_body plus this, so a cut body keeps its headers
 POLL_MS = 50               # stop() is noticed, and a quiet trickle of events shown, within this
 WAKEUP_BYTES = 256 << 10   # the kernel wakes us early only once this much is waiting
-MAX_BATCH = 4096           # events decoded per wake-up before exchanges are handed on: bounds memory
+MAX_BATCH = 4096           # events decoded per batch before exchanges are handed on: bounds memory
 DRAIN_SECONDS = 30.0       # after stop(), the most we spend on the backlog (a ring still being filled
                            # by heavy traffic could otherwise keep us forever)
 SWEEP_EVERY_S = 2.0        # forget connections of processes that exited without close()
@@ -42,10 +41,8 @@ _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _DATA_HEAD = events.DATA_HEAD.unpack_from
 _DATA_OFFSET = events.DATA_OFFSET
-_NOT_VISIBLE = int(DataFlags.NOT_VISIBLE)  # a plain int: IntFlag arithmetic is slow on the hot path
-
-
-_ffi_buffer = ffi.buffer
+_NOT_VISIBLE = int(DataFlags.NOT_VISIBLE)  # plain ints: IntEnum/IntFlag arithmetic is slow on the hot path
+_DATA = int(EventType.DATA)
 
 
 def _monotonic_to_wall_offset() -> int:
@@ -73,7 +70,6 @@ class Tracer:
         self._pending: list = []  # decoded events, when iterating events()
         self._reassembler = None  # a sessions.Reassembler while exchanges() runs
         self._counts = {"events": 0, "bytes": 0, "connections": 0}  # connections: HTTP ones seen
-        self._batch = 0
         self._dead_keys: list[bytes] = []  # conns keys of exited processes, closed at the next sweep
         self._caught_up = False            # the reader emptied the ring since those keys were found
         self._last_drops = 0
@@ -109,7 +105,7 @@ class Tracer:
         for port in self.ports:
             obj.map("target_ports").update(struct.pack("<H", port), b"\x01")
         self._offset_ns = _monotonic_to_wall_offset()
-        self._ring = RingBuffer(obj.map("events"), self._on_sample)
+        self._ring = RingBuffer(obj.map("events"), max_sample=ctypes.sizeof(events.DataEvent), max_count=MAX_BATCH)
         obj.attach_tracepoints()
         if self.tls:
             from .tls import TlsProbes
@@ -153,24 +149,37 @@ class Tracer:
 
     # ---- the ring buffer ------------------------------------------------------------------------
 
-    def _on_sample(self, data, size: int) -> bool:
-        """Called by libbpf for each event; decodes it and hands it to the current sink. Returns True to
-        pause the ring buffer once a batch is done, so a backlog is handed on in bounded pieces."""
-        raw = _ffi_buffer(data, size)
-        self._batch += 1
-        self._counts["events"] += 1
-        kind = _U32.unpack_from(raw)[0]
-        if kind == EventType.DATA:
-            (_, _, ts_ns, tgid, fd, tsid, pos, length, not_copied, direction, flags, _) = _DATA_HEAD(raw)
-            self._counts["bytes"] += length
-            self._sink_data((tgid, fd, tsid), ts_ns + self._offset_ns, direction, pos,
-                            raw[_DATA_OFFSET:_DATA_OFFSET + length], not_copied, flags)
-        elif kind == EventType.OPEN:
-            self._counts["connections"] += 1
-            self._sink_open(events.OpenEvent.from_buffer_copy(raw))
-        elif kind == EventType.CLOSE:
-            self._sink_close(events.CloseEvent.from_buffer_copy(raw))
-        return self._batch >= MAX_BATCH
+    def _decode(self, batch: tuple[object, int]) -> int:
+        """Decode a batch from the ring buffer and hand each event to the current sink; returns its size.
+
+        The batch buffer holds records of (u32 size, 4 bytes of padding, the event, padding to 8)."""
+        raw, count = batch
+        if not count:
+            return 0
+        offset_ns = self._offset_ns
+        sink_data = self._sink_data
+        counts = self._counts
+        data_bytes = 0
+        at, end = 0, len(raw)
+        while at < end:
+            size = _U32.unpack_from(raw, at)[0]
+            start = at + 8
+            at = start + ((size + 7) & ~7)
+            kind = _U32.unpack_from(raw, start)[0]
+            if kind == _DATA:
+                (_, _, ts_ns, tgid, fd, tsid, pos, length, not_copied, direction, flags, _) = _DATA_HEAD(raw, start)
+                data_bytes += length
+                payload_at = start + _DATA_OFFSET
+                sink_data((tgid, fd, tsid), ts_ns + offset_ns, direction, pos, raw[payload_at:payload_at + length],
+                          not_copied, flags)
+            elif kind == EventType.OPEN:
+                counts["connections"] += 1
+                self._sink_open(events.OpenEvent.from_buffer_copy(raw[start:start + size]))
+            elif kind == EventType.CLOSE:
+                self._sink_close(events.CloseEvent.from_buffer_copy(raw[start:start + size]))
+        counts["events"] += count
+        counts["bytes"] += data_bytes
+        return count
 
     def _key(self, conn) -> tuple[int, int, int]:
         return (conn.tgid, conn.fd, conn.tsid)
@@ -243,13 +252,13 @@ class Tracer:
             raise RuntimeError("Tracer is not started: use it as a context manager")
         next_sweep = time.monotonic() + SWEEP_EVERY_S
         next_tls_rescan = time.monotonic() + TLS_RESCAN_EVERY_S
+        ring = self._ring
         while not self._stopping:
-            self._batch = 0
-            self._ring.poll(POLL_MS)
-            if self._batch < MAX_BATCH:
+            self._decode(ring.poll(POLL_MS))
+            if not ring.full:
                 # Events submitted without a wake-up (see wakeup_bytes) are only found by looking.
-                self._ring.consume()
-                self._caught_up = self._caught_up or self._batch < MAX_BATCH
+                self._decode(ring.consume())
+                self._caught_up = self._caught_up or not ring.full
             yield time.time_ns()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_EVERY_S
@@ -260,10 +269,9 @@ class Tracer:
                     self._tls.refresh()  # libraries of processes started since
         deadline = time.monotonic() + DRAIN_SECONDS
         while True:  # the backlog, batch by batch, until the ring is empty
-            self._batch = 0
-            self._ring.consume()
+            self._decode(ring.consume())
             yield time.time_ns()
-            if self._batch < MAX_BATCH:
+            if not ring.full:
                 break
             if time.monotonic() > deadline:
                 log.warning("stopped before the ring buffer was empty: its remaining events are not shown",

@@ -327,6 +327,8 @@ class Tracer:
     def stats(self) -> dict[str, int]:
         stats = dict(self._counts)
         stats["drops"] = sum(self.drops().values())
+        if self._ring is not None and self._ring.oversized:   # never expected: the contract would be broken
+            stats["oversized_events"] = self._ring.oversized
         if self._reassembler is not None:
             reassembler = dict(self._reassembler.stats)
             reassembler["connections_open"] = reassembler.pop("connections", 0)

@@ -640,17 +640,22 @@ class MessageReader:
         except MalformedHead as error:
             return self._fail_head(view, i, error)
         self._first_line_ok = False
-        self._synced_on(b.is_request)
-        b.first_ts = self._buffer_ts if i < self._old_len else self._ts
-        b.last_ts = self._ts
+        if self.kind == EITHER or not self.synced:
+            self._synced_on(b.is_request)
+        ts = self._ts
+        b.first_ts = self._buffer_ts if i < self._old_len else ts
+        b.last_ts = ts
         if self._next_flags:
             b.flags = self._next_flags
             self._next_flags = 0
         if b.is_request:
-            try:
-                framing = request_framing(b)
-            except MalformedHead as error:
-                return self._fail_head(view, i, error)
+            if b.transfer_encoding:
+                try:
+                    framing = request_framing(b)
+                except MalformedHead as error:
+                    return self._fail_head(view, i, error)
+            else:
+                framing = LENGTH if b.content_length else NO_BODY
             self.message = b
             b.capture_left = self.max_body
             self.sink.message_started(self, b)
@@ -751,10 +756,16 @@ class MessageReader:
         return n, False
 
     def _on_body(self, view, i: int) -> int:
-        end, complete = self._take_counted(view, i)
-        if complete:
+        stop = i + self._remaining
+        b = self.message
+        b.last_ts = self._ts
+        if stop <= len(view):   # the rest of the body is here (a small message: all of it)
+            b.add_body(view, i, stop)
             self._finish()
-        return end
+            return stop
+        b.add_body(view, i, len(view))
+        self._remaining = stop - len(view)
+        return len(view)
 
     def _on_chunk_size(self, view, i: int) -> int:
         newline = view.find(b"\n", i)

@@ -15,8 +15,6 @@ import subprocess
 import time
 
 import structlog
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 from .libbpf import BpfObject, Link
 
@@ -61,6 +59,10 @@ EXECUTABLES_BUDGET_S = 0.02  # per refresh (every 2 s): ~1 MB of ring buffer at 
 
 def has_own_openssl(path: str) -> bool:
     """Does this executable define SSL_read/SSL_write itself (OpenSSL linked in statically)?"""
+    # Imported here: rarely needed, and 27 ms of start-up otherwise.
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         if os.path.getsize(path) > MAX_BINARY_SIZE:
             return False

@@ -580,7 +580,7 @@ class Bench:
                                                           for r in runs["F"]], lag_s=lags))
         peaks = [round(r["agent"]["ru_maxrss_mb"]) for r in runs["F"]]
         self.rows.append(row("7b", "Memory under overload: agent peak RSS in the figure-2 runs", max(peaks),
-                             f"{max(peaks)} MiB (runs: {peaks}); the backlog is decoded in one ring_buffer__poll()",
+                             f"{max(peaks)} MiB (runs: {peaks}); the backlog is decoded in batches of <= 4096 events",
                              "(reported)", None, peaks=peaks))
 
     # -- figure 4 --

@@ -12,6 +12,7 @@ import mmap
 import os
 import re
 import subprocess
+import threading
 import time
 
 import structlog
@@ -99,11 +100,41 @@ class TlsProbes:
         self._seen: set[tuple[int, int]] = set()
         self.libraries: list[str] = []
         self.links: list[Link] = []
+        # Re-scans run in their own thread: reading /proc and symbol tables must never hold up the
+        # thread that drains the ring buffer (a 50 ms stall there overflows it at 700 MB/s). The lock
+        # keeps close() from destroying the object under an attach.
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def rescan_every(self, seconds: float) -> None:
+        """Call refresh() every `seconds` in a background thread, until close()."""
+        def run() -> None:
+            while not self._closed.wait(seconds):
+                try:
+                    self.refresh()
+                except Exception as exc:   # discovery is best effort; capture goes on
+                    log.warning("TLS library re-scan failed", error=str(exc))
+
+        self._thread = threading.Thread(target=run, name="httptrace-tls-rescan", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the re-scans; waits for one under way (bounded by its time budget) to finish."""
+        self._closed.set()
+        with self._lock:
+            pass
 
     def refresh(self, executables: bool = True, budget_s: float = EXECUTABLES_BUDGET_S) -> list[str]:
         """Attach to libraries (and, with `executables`, statically linked programs) not seen before.
-        Programs are examined for at most `budget_s` per call, the rest at the next: the caller is the
-        thread that drains the ring buffer, and a long stall there loses events."""
+        Programs are examined for at most `budget_s` per call (plus the one under way), the rest at
+        the next: it bounds both the CPU a re-scan takes and how long close() may wait for it."""
+        with self._lock:
+            if self._closed.is_set():
+                return []
+            return self._refresh(executables, budget_s)
+
+    def _refresh(self, executables: bool, budget_s: float) -> list[str]:
         added = []
         libraries = system_libraries() + mapped_libraries()
         deadline = time.monotonic() + budget_s

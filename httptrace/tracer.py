@@ -33,8 +33,8 @@ MAX_BATCH = 4096           # events decoded per batch before exchanges are hande
 DRAIN_SECONDS = 30.0       # after stop(), the most we spend on the backlog (a ring still being filled
                            # by heavy traffic could otherwise keep us forever)
 SWEEP_EVERY_S = 2.0        # forget connections of processes that exited without close()
-TLS_RESCAN_EVERY_S = 6.0   # look for TLS libraries of new processes: reads every /proc/PID/maps, so
-                           # not at every sweep (at 2 s it took ~3% of the agent's CPU under load)
+TLS_RESCAN_EVERY_S = 6.0   # look for TLS libraries of new processes (a thread of tls.TlsProbes): reads
+                           # every /proc/PID/maps, so not too often (at 2 s: ~3% of the agent's CPU)
 
 _ROLE_OF_HINT = {RoleHint.UNKNOWN: Role.UNKNOWN, RoleHint.SERVER: Role.SERVER, RoleHint.CLIENT: Role.CLIENT}
 _U64 = struct.Struct("<Q")
@@ -112,10 +112,13 @@ class Tracer:
 
             self._tls = TlsProbes(obj)
             self._tls.refresh(executables=False)
+            self._tls.rescan_every(TLS_RESCAN_EVERY_S)   # libraries and programs of processes started since
         log.info("attached", programs=len(obj.links), seconds=round(time.monotonic() - started, 3),
                  pids=self.pids or "all", ports=self.ports or "all", comm=self.comm or "all")
 
     def close(self) -> None:
+        if self._tls is not None:
+            self._tls.close()
         if self._ring is not None:
             self._ring.close()
             self._ring = None
@@ -251,7 +254,6 @@ class Tracer:
         if self._ring is None:
             raise RuntimeError("Tracer is not started: use it as a context manager")
         next_sweep = time.monotonic() + SWEEP_EVERY_S
-        next_tls_rescan = time.monotonic() + TLS_RESCAN_EVERY_S
         ring = self._ring
         while not self._stopping:
             self._decode(ring.poll(POLL_MS))
@@ -264,9 +266,6 @@ class Tracer:
                 next_sweep = time.monotonic() + SWEEP_EVERY_S
                 self._sweep_dead_processes()
                 self._report_drops()
-                if self._tls is not None and time.monotonic() >= next_tls_rescan:
-                    next_tls_rescan = time.monotonic() + TLS_RESCAN_EVERY_S
-                    self._tls.refresh()  # libraries of processes started since
         deadline = time.monotonic() + DRAIN_SECONDS
         while True:  # the backlog, batch by batch, until the ring is empty
             self._decode(ring.consume())

@@ -106,6 +106,11 @@ _PLACEHOLDER = "\ue000httptrace: large body\ue000"   # private-use characters: n
 _PLACEHOLDER_JSON = orjson.dumps(_PLACEHOLDER)
 
 
+def _has_large_body(exchange: Exchange) -> bool:
+    response = exchange.response
+    return len(exchange.request.body) > LARGE_BODY or (response is not None and len(response.body) > LARGE_BODY)
+
+
 def _write_large_bodies(out: IO[bytes], record: dict[str, Any]) -> bool:
     """Write `record` as one line, its large bodies in pieces; False (nothing written) if it has none."""
     messages = [m for m in (record["request"], record["response"])
@@ -144,7 +149,7 @@ class JsonLinesWriter:
     def write(self, exchange: Exchange) -> None:
         if self._binary is not None:
             record = exchange_to_dict(exchange, self._redactor, self._include_bodies)
-            if not _write_large_bodies(self._binary, record):
+            if not (_has_large_body(exchange) and _write_large_bodies(self._binary, record)):
                 self._binary.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         else:
             self._text.write(exchange_to_json(exchange, self._redactor, self._include_bodies) + "\n")

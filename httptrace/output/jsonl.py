@@ -34,27 +34,24 @@ def _connection_fields(connection: Connection) -> dict[str, Any]:
     }
 
 
-def _body_fields(message: Message, include_bodies: bool) -> tuple[str | None, str | None]:
-    if not include_bodies:
-        return None, None
-    text = body_as_text(message.body, message.truncated)
-    if text is not None:
-        return text, "utf-8"
-    return base64.b64encode(message.body).decode("ascii"), "base64"
-
-
 def _message_fields(message: Message, redactor: Redactor, include_bodies: bool) -> dict[str, Any]:
-    body, body_encoding = _body_fields(message, include_bodies)
-    if message.method is not None:
-        start = {"method": message.method, "target": message.target, "version": message.version}
+    body = message.body
+    if not include_bodies:
+        text = encoding = None
+    elif not body:
+        text, encoding = "", "utf-8"
     else:
-        start = {"status": message.status, "reason": message.reason, "version": message.version}
-    start["headers"] = redactor.headers(message.headers)   # tuples serialise as JSON arrays
-    start["body"] = body
-    start["body_encoding"] = body_encoding
-    start["body_size"] = message.body_size
-    start["truncated"] = message.truncated
-    return start
+        text, encoding = body_as_text(body, message.truncated), "utf-8"
+        if text is None:
+            text, encoding = base64.b64encode(body).decode("ascii"), "base64"
+    headers = redactor.headers(message.headers)   # tuples serialise as JSON arrays
+    if message.method is not None:
+        return {"method": message.method, "target": message.target, "version": message.version,
+                "headers": headers, "body": text, "body_encoding": encoding, "body_size": message.body_size,
+                "truncated": message.truncated}
+    return {"status": message.status, "reason": message.reason, "version": message.version,
+            "headers": headers, "body": text, "body_encoding": encoding, "body_size": message.body_size,
+            "truncated": message.truncated}
 
 
 def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: bool = True) -> dict[str, Any]:

@@ -665,7 +665,8 @@ static __always_inline int tls_exit(long rc)
 		return 0;
 	if (!ci->tls) { /* the handshake made the socket look like non-HTTP: classify the plaintext instead */
 		ci->tls = 1;
-		if (ci->state == HT_CONN_IGNORED && ci->sk)
+		/* IGNORED also means filtered out by --port: that must hold for TLS too. */
+		if (ci->state == HT_CONN_IGNORED && ci->sk && port_wanted((struct sock *)ci->sk))
 			ci->state = HT_CONN_UNKNOWN;
 		ci->tries = 0;
 	}

@@ -102,6 +102,20 @@ def test_python_tls_server_started_after_the_tracer(certificate, tmp_path):
     assert served.request.header("User-Agent").startswith("curl/")
 
 
+def test_tls_traffic_on_other_ports_stays_filtered_out(tls_nginx):
+    """--port must hold for plaintext from the TLS library too: a TLS socket the port filter ignored
+    used to become capturable once its first SSL_read/SSL_write returned."""
+    _, port, _ = tls_nginx
+    watched = free_port()   # nothing listens here: only the filter matters
+    with ExchangeCapture(ports=[watched]) as cap:
+        for _ in range(2):
+            subprocess.run(["curl", "-sSk", "-o", "/dev/null", f"https://127.0.0.1:{port}/hello"], check=True)
+        subprocess.run([sys.executable, "-c", URLLIB_CLIENT, f"https://127.0.0.1:{port}/hello", os.devnull],
+                       check=True)
+    assert cap.exchanges == [], [(ex.connection.comm, ex.connection.remote) for ex in cap.exchanges]
+    assert cap.stats["events"] == 0
+
+
 def test_no_tls_flag_leaves_ciphertext_alone(tls_nginx):
     _, port, _ = tls_nginx
     with ExchangeCapture(ports=[port], tls=False) as cap:

@@ -152,20 +152,14 @@ while True:
 
 def test_non_http_tcp_produces_no_data_events(capture, tmp_path):
     port = free_port()
-    echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(port)])
-    try:
-        wait_for_port(port)
-        with capture(ports=[port]) as cap:
-            for payload in (b"hello world, this is not http\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 10):
-                with socket.create_connection(("127.0.0.1", port)) as s:
-                    s.sendall(payload)
-                    assert s.recv(65536)
-            # and a client in another process, since the tracer never traces itself
-            subprocess.run(["curl", "-s", "--max-time", "2", f"telnet://127.0.0.1:{port}"], input=b"EHLO x\r\n",
-                           capture_output=True)
-    finally:
-        echo.kill()
-        echo.wait()
+    with serving([sys.executable, "-c", ECHO_SERVER, str(port)], port), capture(ports=[port]) as cap:
+        for payload in (b"hello world, this is not http\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 10):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(payload)
+                assert s.recv(65536)
+        # and a client in another process, since the tracer never traces itself
+        subprocess.run(["curl", "-s", "--max-time", "2", f"telnet://127.0.0.1:{port}"], input=b"EHLO x\r\n",
+                       capture_output=True)
     assert cap.of_type(Data) == [] and cap.of_type(Open) == []
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from httptrace.exchange import Endpoint, Flag, Role
 
-from .conftest import HERE, assert_exchange_matches, free_port, require_tool, run_curl, wait_for_port
+from .conftest import HERE, assert_exchange_matches, free_port, require_tool, run_curl, serving
 
 ROOT = os.path.dirname(os.path.dirname(HERE))
 KEEPALIVE_CLIENT = os.path.join(HERE, "keepalive_client.py")
@@ -318,16 +318,11 @@ def test_python_http_server_with_urllib_and_curl(exchange_capture, python_server
 
 def test_close_delimited_http10_response(exchange_capture, tmp_path):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", CLOSE_DELIMITED_SERVER, str(port)])
-    try:
-        wait_for_port(port)
-        with exchange_capture(ports=[port]) as cap:
-            curl_pid, (t,) = run_curl(tmp_path, {"url": f"http://127.0.0.1:{port}/until-close"})
-            cap.wait_for(1, pid=curl_pid)
-            cap.wait_for(1, pid=server.pid)
-    finally:
-        server.kill()
-        server.wait()
+    with serving([sys.executable, "-c", CLOSE_DELIMITED_SERVER, str(port)], port) as server, \
+            exchange_capture(ports=[port]) as cap:
+        curl_pid, (t,) = run_curl(tmp_path, {"url": f"http://127.0.0.1:{port}/until-close"})
+        cap.wait_for(1, pid=curl_pid)
+        cap.wait_for(1, pid=server.pid)
     body = bytes(range(256)) * 800
     assert t.body == body and t.version == "HTTP/1.0"
     for pid in (curl_pid, server.pid):

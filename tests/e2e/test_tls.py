@@ -11,7 +11,7 @@ import pytest
 
 from httptrace.exchange import Role
 
-from .conftest import ExchangeCapture, free_port, start_nginx, wait_for_port
+from .conftest import ExchangeCapture, free_port, serving, start_nginx
 
 PY_TLS_SERVER = """
 import http.server, ssl, sys
@@ -85,17 +85,12 @@ def test_python_tls_server_started_after_the_tracer(certificate, tmp_path):
     cert, key = certificate
     port = free_port()
     (tmp_path / "page.txt").write_bytes(b"served by python over tls\n" * 40)
-    with ExchangeCapture(ports=[port]) as cap:
-        server = subprocess.Popen([sys.executable, "-c", PY_TLS_SERVER, str(port), str(cert), str(key)],
-                                  cwd=tmp_path, stderr=subprocess.DEVNULL)
-        try:
-            wait_for_port(port)
-            time.sleep(0.2)
-            out = subprocess.run(["curl", "-sSk", f"https://127.0.0.1:{port}/page.txt"], check=True,
-                                 capture_output=True).stdout
-        finally:
-            server.kill()
-            server.wait()
+    with ExchangeCapture(ports=[port]) as cap, \
+            serving([sys.executable, "-c", PY_TLS_SERVER, str(port), str(cert), str(key)], port,
+                    cwd=tmp_path, stderr=subprocess.DEVNULL) as server:
+        time.sleep(0.2)
+        out = subprocess.run(["curl", "-sSk", f"https://127.0.0.1:{port}/page.txt"], check=True,
+                             capture_output=True).stdout
     (served,) = [ex for ex in by_role(cap.exchanges, Role.SERVER) if ex.request.target == "/page.txt"]
     assert served.connection.pid == server.pid and served.connection.tls
     assert served.response.status == 200 and served.response.body == out

@@ -756,16 +756,10 @@ class MessageReader:
         return n, False
 
     def _on_body(self, view, i: int) -> int:
-        stop = i + self._remaining
-        b = self.message
-        b.last_ts = self._ts
-        if stop <= len(view):   # the rest of the body is here (a small message: all of it)
-            b.add_body(view, i, stop)
+        end, complete = self._take_counted(view, i)
+        if complete:
             self._finish()
-            return stop
-        b.add_body(view, i, len(view))
-        self._remaining = stop - len(view)
-        return len(view)
+        return end
 
     def _on_chunk_size(self, view, i: int) -> int:
         newline = view.find(b"\n", i)

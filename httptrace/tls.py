@@ -55,7 +55,7 @@ def mapped_libraries() -> list[str]:
 
 
 MAX_BINARY_SIZE = 512 << 20  # reading a symbol table costs time: skip giants
-EXECUTABLES_BUDGET_S = 0.02  # per refresh (every 2 s): ~1 MB of ring buffer at 50 MB/s of traffic
+EXECUTABLES_BUDGET_S = 0.02  # programs examined per re-scan: bounds its CPU and how long close() waits
 
 
 def has_own_openssl(path: str) -> bool:
@@ -105,7 +105,6 @@ class TlsProbes:
         # keeps close() from destroying the object under an attach.
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def rescan_every(self, seconds: float) -> None:
         """Call refresh() every `seconds` in a background thread, until close()."""
@@ -116,8 +115,7 @@ class TlsProbes:
                 except Exception as exc:   # discovery is best effort; capture goes on
                     log.warning("TLS library re-scan failed", error=str(exc))
 
-        self._thread = threading.Thread(target=run, name="httptrace-tls-rescan", daemon=True)
-        self._thread.start()
+        threading.Thread(target=run, name="httptrace-tls-rescan", daemon=True).start()
 
     def close(self) -> None:
         """Stop the re-scans; waits for one under way (bounded by its time budget) to finish."""

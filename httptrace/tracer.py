@@ -152,13 +152,13 @@ class Tracer:
 
     # ---- the ring buffer ------------------------------------------------------------------------
 
-    def _decode(self, batch: tuple[object, int]) -> int:
-        """Decode a batch from the ring buffer and hand each event to the current sink; returns its size.
+    def _decode(self, batch: tuple[object, int]) -> None:
+        """Decode a batch from the ring buffer and hand each event to the current sink.
 
         The batch buffer holds records of (u32 size, 4 bytes of padding, the event, padding to 8)."""
         raw, count = batch
         if not count:
-            return 0
+            return
         offset_ns = self._offset_ns
         sink_data = self._sink_data
         counts = self._counts
@@ -182,7 +182,6 @@ class Tracer:
                 self._sink_close(events.CloseEvent.from_buffer_copy(raw[start:start + size]))
         counts["events"] += count
         counts["bytes"] += data_bytes
-        return count
 
     def _key(self, conn) -> tuple[int, int, int]:
         return (conn.tgid, conn.fd, conn.tsid)

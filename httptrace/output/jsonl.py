@@ -84,11 +84,6 @@ def _connection_dict(connection: Connection, first_byte_ns: int) -> dict[str, An
     return record
 
 
-def exchange_to_json_bytes(exchange: Exchange, redactor: Redactor, include_bodies: bool = True) -> bytes:
-    """One JSON Lines record, UTF-8, ending with its newline."""
-    return orjson.dumps(exchange_to_dict(exchange, redactor, include_bodies), option=orjson.OPT_APPEND_NEWLINE)
-
-
 def exchange_to_json(exchange: Exchange, redactor: Redactor, include_bodies: bool = True) -> str:
     """One JSON Lines record as text, without the newline."""
     return orjson.dumps(exchange_to_dict(exchange, redactor, include_bodies)).decode()

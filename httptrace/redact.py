@@ -61,10 +61,13 @@ _MASKERS = {
 }
 
 
+_UNSEEN = object()
+
+
 class Redactor:
     """Masks the values of sensitive headers; a disabled Redactor returns headers unchanged."""
 
-    __slots__ = ("enabled", "names", "_masker_by_spelling", "_plain")
+    __slots__ = ("enabled", "names", "_masker_by_spelling")
 
     def __init__(self, extra_names: Iterable[str] = (), *, enabled: bool = True,
                  defaults: Iterable[str] = DEFAULT_REDACTED_HEADERS):
@@ -72,7 +75,6 @@ class Redactor:
         self.names = frozenset(n.strip().lower() for n in (*defaults, *extra_names) if n.strip())
         # header name exactly as seen on the wire -> masking function, or None when not sensitive
         self._masker_by_spelling: dict[str, object] = {}
-        self._plain: set[str] = set()   # spellings seen that need no masking: the per-message check
 
     def _masker(self, name: str):
         try:
@@ -82,10 +84,7 @@ class Redactor:
             masker = _MASKERS.get(lname, _redact_whole) if lname in self.names else None
             if len(self._masker_by_spelling) >= _CACHE_LIMIT:
                 self._masker_by_spelling.clear()
-                self._plain.clear()
             self._masker_by_spelling[name] = masker
-            if masker is None:
-                self._plain.add(name)
             return masker
 
     def is_sensitive(self, name: str) -> bool:
@@ -103,9 +102,9 @@ class Redactor:
         (the common case, and the one the JSON fast path relies on)."""
         if not self.enabled:
             return headers
-        plain = self._plain
+        known = self._masker_by_spelling.get   # the usual case: every name seen before, none sensitive
         for name, _ in headers:
-            if name not in plain:
+            if known(name, _UNSEEN) is not None:
                 break
         else:
             return headers

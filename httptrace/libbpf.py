@@ -237,7 +237,7 @@ class RingBuffer:
     into C per batch instead of one from C into Python per event (that was ~13% of the agent's CPU).
     A batch ends after `max_count` samples or when the buffer could not take one more of
     `max_sample` bytes; `full` then says the ring may hold more.  Each record in the buffer is a
-    u32 size, 4 bytes of padding and the sample, padded to 8 bytes (see records())."""
+    u32 size, 4 bytes of padding and the sample, padded to 8 bytes (Tracer._decode reads them)."""
 
     def __init__(self, ring_map: Map, *, max_sample: int, max_count: int = 4096, batch_bytes: int = 4 << 20):
         room = 8 + ((max_sample + 7) & ~7)

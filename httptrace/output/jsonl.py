@@ -44,14 +44,17 @@ def _message_fields(message: Message, redactor: Redactor, include_bodies: bool) 
         text, encoding = body_as_text(body, message.truncated), "utf-8"
         if text is None:
             text, encoding = base64.b64encode(body).decode("ascii"), "base64"
-    headers = redactor.headers(message.headers)   # tuples serialise as JSON arrays
     if message.method is not None:
-        return {"method": message.method, "target": message.target, "version": message.version,
-                "headers": headers, "body": text, "body_encoding": encoding, "body_size": message.body_size,
-                "truncated": message.truncated}
-    return {"status": message.status, "reason": message.reason, "version": message.version,
-            "headers": headers, "body": text, "body_encoding": encoding, "body_size": message.body_size,
-            "truncated": message.truncated}
+        fields = {"method": message.method, "target": message.target}
+    else:
+        fields = {"status": message.status, "reason": message.reason}
+    fields["version"] = message.version
+    fields["headers"] = redactor.headers(message.headers)   # tuples serialise as JSON arrays
+    fields["body"] = text
+    fields["body_encoding"] = encoding
+    fields["body_size"] = message.body_size
+    fields["truncated"] = message.truncated
+    return fields
 
 
 def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: bool = True) -> dict[str, Any]:

@@ -640,22 +640,17 @@ class MessageReader:
         except MalformedHead as error:
             return self._fail_head(view, i, error)
         self._first_line_ok = False
-        if self.kind == EITHER or not self.synced:
-            self._synced_on(b.is_request)
-        ts = self._ts
-        b.first_ts = self._buffer_ts if i < self._old_len else ts
-        b.last_ts = ts
+        self._synced_on(b.is_request)
+        b.first_ts = self._buffer_ts if i < self._old_len else self._ts
+        b.last_ts = self._ts
         if self._next_flags:
             b.flags = self._next_flags
             self._next_flags = 0
         if b.is_request:
-            if b.transfer_encoding:
-                try:
-                    framing = request_framing(b)
-                except MalformedHead as error:
-                    return self._fail_head(view, i, error)
-            else:
-                framing = LENGTH if b.content_length else NO_BODY
+            try:
+                framing = request_framing(b)
+            except MalformedHead as error:
+                return self._fail_head(view, i, error)
             self.message = b
             b.capture_left = self.max_body
             self.sink.message_started(self, b)

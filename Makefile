@@ -47,14 +47,17 @@ build: $(VENV)/.installed
 run: build
 	$(PY) -m httptrace $(ARGS)
 
+# Then the end-to-end suite once more with the compat programs (the family of kernels before 5.17).
 test: sysdeps-test sysdeps-kernels build
 	$(PY) -m pytest -ra tests
+	HTTPTRACE_PROGRAMS=compat $(PY) -m pytest -ra tests/e2e --ignore=tests/e2e/test_wheel.py
 
 test-unit: build
 	$(PY) -m pytest -ra tests/unit
 
 test-e2e: sysdeps-test build
 	$(PY) -m pytest -ra tests/e2e
+	HTTPTRACE_PROGRAMS=compat $(PY) -m pytest -ra tests/e2e --ignore=tests/e2e/test_wheel.py
 
 # The wheel, built once, on each kernel of tests/kernels/kernels.txt in a QEMU guest (see docs/kernels.md).
 test-kernels: sysdeps-kernels wheel

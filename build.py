@@ -74,6 +74,8 @@ struct bpf_map *bpf_object__find_map_by_name(const struct bpf_object *obj, const
 /* programs and links */
 const char *bpf_program__name(const struct bpf_program *prog);
 const char *bpf_program__section_name(const struct bpf_program *prog);
+bool bpf_program__autoload(const struct bpf_program *prog);
+int bpf_program__set_autoload(struct bpf_program *prog, bool autoload);
 struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
 struct bpf_uprobe_opts { size_t sz; bool retprobe; const char *func_name; ...; };
 struct bpf_link *bpf_program__attach_uprobe_opts(const struct bpf_program *prog, int pid, const char *binary_path,

@@ -137,7 +137,7 @@ def address(family: int, raw: bytes) -> str:
 
 # ---- decoded events: what Tracer.events() yields -------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Open:
     conn: tuple[int, int, int]   # (pid, fd, tsid)
     ts_ns: int                   # wall clock
@@ -148,7 +148,7 @@ class Open:
     tls: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Data:
     conn: tuple[int, int, int]
     ts_ns: int
@@ -159,7 +159,7 @@ class Data:
     flags: DataFlags
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Close:
     conn: tuple[int, int, int]
     ts_ns: int

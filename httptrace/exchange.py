@@ -30,13 +30,13 @@ class Flag(str, enum.Enum):
     UPGRADED = "upgraded"          # 101 Switching Protocols / CONNECT: the connection went opaque
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Endpoint:
     ip: str        # textual address: "127.0.0.1", "::1", "::ffff:10.0.0.1"
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Connection:
     """A traced socket, as the kernel described it in its open event."""
 

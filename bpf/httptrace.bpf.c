@@ -459,7 +459,12 @@ struct {
 } tls_calls SEC(".maps");
 
 /* compat: a data syscall's arguments from sys_enter_* to its sys_exit_*, per thread. Only syscalls on
- * connections that may be captured are stashed. */
+ * connections that may be captured are stashed; once taken, the entry stays with fd = NO_ARGS, so the
+ * exit of a thread's every other syscall finds it and stops at one lookup. A thread without an entry has
+ * not been seen since the tracer attached: its syscall may have entered before (a server blocked in
+ * read() on a keep-alive connection), and its arguments are found another way (stack_top_regs). */
+#define NO_ARGS (~0ULL)
+
 struct syscall_args {
 	__u64 fd;
 	__u64 arg2; /* buf, iov or msghdr */
@@ -558,28 +563,64 @@ static __always_inline int compat_data_enter(struct syscall_trace_enter *ctx)
 	return 0;
 }
 
-/* compat, at exit: the stashed arguments, taken off the map; NULL when entry stashed nothing. */
-static __always_inline bool take_args(__u64 pid_tgid, struct syscall_args *out)
+/* compat, at exit: the arguments its entry stashed, taken (the entry is left as NO_ARGS). */
+static __always_inline bool take_args(struct syscall_args *stashed, struct syscall_args *out)
 {
-	struct syscall_args *args = bpf_map_lookup_elem(&stashed_args, &pid_tgid);
-	if (!args)
+	if (!stashed || stashed->fd == NO_ARGS)
 		return false;
-	*out = *args;
-	bpf_map_delete_elem(&stashed_args, &pid_tgid);
+	*out = *stashed;
+	stashed->fd = NO_ARGS;
 	return true;
 }
 
-static __always_inline int compat_data_exit(long ret, enum buffer_kind kind, __u8 direction)
+/* compat: the user registers of the current syscall where kernels before 5.15 keep them, at the top of
+ * the task's kernel stack (x86-64: stack + THREAD_SIZE, 16 KiB, or 32 KiB with KASAN). Trusted only if
+ * the syscall number saved there is this syscall's. */
+static __always_inline struct pt_regs *stack_top_regs(int nr)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 stack = (__u64)BPF_CORE_READ(task, stack);
+	struct pt_regs *regs = (struct pt_regs *)(stack + (16 << 10)) - 1;
+	if (BPF_CORE_READ(regs, orig_ax) == nr)
+		return regs;
+	regs = (struct pt_regs *)(stack + (32 << 10)) - 1;
+	return BPF_CORE_READ(regs, orig_ax) == nr ? regs : NULL;
+}
+
+/* compat: the first syscall exit of a thread since the tracer attached. */
+static __always_inline int compat_first_exit(struct syscall_trace_exit *ctx, __u64 pid_tgid,
+					     enum buffer_kind kind, __u8 direction)
+{
+	struct syscall_args none;
+	__builtin_memset(&none, 0xff, sizeof(none)); /* fd = NO_ARGS; not an initializer, which clang would
+						      * put in .rodata, where user space writes the config */
+	bpf_map_update_elem(&stashed_args, &pid_tgid, &none, BPF_NOEXIST);
+	if (ctx->ret <= 0 || !process_wanted(pid_tgid >> 32))
+		return 0;
+	struct pt_regs *r = stack_top_regs(ctx->nr);
+	if (!r)
+		return 0;
+	struct ht_conn_info *ci = data_conn(pid_tgid, ARG1(r));
+	if (!ci)
+		return 0;
+	return capture_syscall(ci, ctx->ret, ARG2(r), ARG3(r), kind, direction, true);
+}
+
+static __always_inline int compat_data_exit(struct syscall_trace_exit *ctx, enum buffer_kind kind,
+					    __u8 direction)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct syscall_args *stashed = bpf_map_lookup_elem(&stashed_args, &pid_tgid);
+	if (!stashed)
+		return compat_first_exit(ctx, pid_tgid, kind, direction);
 	struct syscall_args args;
-	if (!take_args(pid_tgid, &args) || ret <= 0)
+	if (!take_args(stashed, &args) || ctx->ret <= 0)
 		return 0;
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | (__u32)args.fd;
 	struct ht_conn_info *ci = bpf_map_lookup_elem(&conns, &key);
 	if (!ci || ci->state == HT_CONN_IGNORED || ci->tls)
 		return 0;
-	return capture_syscall(ci, ret, args.arg2, args.arg3, kind, direction, true);
+	return capture_syscall(ci, ctx->ret, args.arg2, args.arg3, kind, direction, true);
 }
 
 /* Each data syscall: the fast program on exit, and the compat pair on entry and exit. */
@@ -597,7 +638,7 @@ static __always_inline int compat_data_exit(long ret, enum buffer_kind kind, __u
 	SEC("?tracepoint/syscalls/sys_exit_" #name)                                                      \
 	int compat_exit_##name(struct syscall_trace_exit *ctx)                                           \
 	{                                                                                                \
-		return compat_data_exit(ctx->ret, kind, direction);                                      \
+		return compat_data_exit(ctx, kind, direction);                                           \
 	}
 
 DATA_SYSCALL(read, BUF_PLAIN, HT_INGRESS)
@@ -653,7 +694,7 @@ int compat_exit_sendfile(struct syscall_trace_exit *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct syscall_args args;
-	if (!take_args(pid_tgid, &args) || ctx->ret <= 0)
+	if (!take_args(bpf_map_lookup_elem(&stashed_args, &pid_tgid), &args) || ctx->ret <= 0)
 		return 0;
 	struct ht_conn_info *ci = http_conn(pid_tgid, args.fd);
 	return ci ? sent_file(ci, ctx->ret) : 0;
@@ -708,8 +749,9 @@ int compat_enter_connect(struct syscall_trace_enter *ctx)
 SEC("?tracepoint/syscalls/sys_exit_connect")
 int compat_exit_connect(struct syscall_trace_exit *ctx)
 {
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct syscall_args args;
-	if (!take_args(bpf_get_current_pid_tgid(), &args))
+	if (!take_args(bpf_map_lookup_elem(&stashed_args, &pid_tgid), &args))
 		return 0;
 	return connected(ctx->ret) ? on_new_socket(args.fd, HT_ROLE_CLIENT) : 0;
 }

@@ -29,8 +29,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
 
-/* Tries to find an HTTP start line on a connection that was open before we attached: its first bytes we
- * see may be the middle of a body. A connection we saw from accept()/connect() gets one try. */
+/* Tries to find an HTTP/1 start line or HTTP/2 frames on a connection that was open before we attached:
+ * its first bytes we see may be the middle of a body. A connection we saw from accept()/connect() gets
+ * one try. */
 #define MID_STREAM_TRIES 16
 
 /* The compat family's copy loop is unrolled by the verifier, so its bound is fixed here: enough steps for
@@ -212,6 +213,80 @@ static __always_inline bool is_http_start(const __u8 *b)
 	return b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[5] == '1' && b[6] == '.';
 }
 
+/* ---- HTTP/2: recognised here only so its bytes are reported; user space reads the frames ---------- */
+
+#define H2_FRAME_HEADER 9
+#define H2_DEFAULT_MAX_FRAME 16384
+#define H2_MAX_CHAIN 8 /* frame headers walked to recognise a connection joined mid-stream */
+enum { H2_DATA, H2_HEADERS, H2_PRIORITY, H2_RST_STREAM, H2_SETTINGS, H2_PUSH_PROMISE, H2_PING, H2_GOAWAY,
+       H2_WINDOW_UPDATE, H2_CONTINUATION };
+
+/* The client connection preface, all 24 bytes: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", as three
+ * little-endian words (the BPF target is little-endian on x86-64 and arm64; a string constant would
+ * land in .rodata, which holds the config). */
+static __always_inline bool is_h2_preface(__u64 buf, __u64 len)
+{
+	__u64 w[3];
+	if (len < sizeof(w) || bpf_probe_read_user(w, sizeof(w), (void *)buf))
+		return false;
+	return w[0] == 0x5448202a20495250ULL && w[1] == 0x0a0d302e322f5054ULL && w[2] == 0x0a0d0a0d4d530a0dULL;
+}
+
+/* A frame header (RFC 9113 4.1) that could be real: a known type, the R bit clear, a length within
+ * the default maximum (fixed for the types that have one), on stream 0 exactly for the connection's
+ * own frames. Returns the payload length, or -1. */
+static __always_inline long h2_frame_length(const __u8 *h)
+{
+	__u32 len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
+	__u8 type = h[3];
+	bool stream0 = h[5] == 0 && h[6] == 0 && h[7] == 0 && h[8] == 0;
+	if (type > H2_CONTINUATION || (h[5] & 0x80) || len > H2_DEFAULT_MAX_FRAME)
+		return -1;
+	bool connection_frame = type == H2_SETTINGS || type == H2_PING || type == H2_GOAWAY;
+	if (type != H2_WINDOW_UPDATE && connection_frame != stream0)
+		return -1;
+	if ((type == H2_SETTINGS && len % 6) || (type == H2_PING && len != 8) ||
+	    ((type == H2_RST_STREAM || type == H2_WINDOW_UPDATE) && len != 4) || (type == H2_PRIORITY && len != 5))
+		return -1;
+	return len;
+}
+
+/* The server's first frame: SETTINGS (not an ACK) on stream 0. */
+static __always_inline bool is_h2_settings_start(const __u8 *h)
+{
+	return h[3] == H2_SETTINGS && h[4] == 0 && h2_frame_length(h) >= 0;
+}
+
+/* A connection joined mid-stream: whole plausible frames that end exactly where the bytes end. Never
+ * one header alone: Go reads a frame's 9-byte header and its payload in separate syscalls. */
+static __always_inline bool is_h2_frame_chain(__u64 buf, __u64 len)
+{
+	__u64 off = 0;
+	for (int i = 0; i < H2_MAX_CHAIN; i++) {
+		__u8 h[H2_FRAME_HEADER];
+		if (off + sizeof(h) > len || bpf_probe_read_user(h, sizeof(h), (void *)(buf + off)))
+			return false;
+		long n = h2_frame_length(h);
+		if (n < 0)
+			return false;
+		off += sizeof(h) + n;
+		if (off == len)
+			return true;
+	}
+	return false;
+}
+
+/* Whether a connection's first bytes we see (len at buf) start HTTP/1 or HTTP/2. */
+static __always_inline bool is_http(__u64 buf, __u64 len, bool mid_stream)
+{
+	__u8 head[H2_FRAME_HEADER];
+	if (len < sizeof(head) || bpf_probe_read_user(head, sizeof(head), (void *)buf))
+		return false;
+	if (is_http_start(head) || is_h2_settings_start(head) || is_h2_preface(buf, len))
+		return true;
+	return mid_stream && is_h2_frame_chain(buf, len);
+}
+
 static __always_inline void send_open(struct ht_conn_info *ci)
 {
 	struct ht_open_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -376,17 +451,16 @@ static __always_inline void send_not_copied(struct ht_conn_info *ci, __u8 direct
 static __always_inline int capture(struct ht_conn_info *ci, long ret, __u64 buf, __u64 iov, __u64 iov_count,
 				   __u8 direction, __u8 flags, bool compat)
 {
+	__u64 first_len = ret; /* bytes at buf: the first iovec's, for an iovec array */
 	if (iov) {
 		struct iovec first;
 		if (bpf_probe_read_user(&first, sizeof(first), (void *)iov))
 			return 0;
 		buf = (__u64)first.iov_base;
+		first_len = first.iov_len < (__u64)ret ? first.iov_len : (__u64)ret;
 	}
 	if (ci->state == HT_CONN_UNKNOWN) {
-		__u8 head[8];
-		if (ret < (long)sizeof(head) || bpf_probe_read_user(head, sizeof(head), (void *)buf))
-			return 0;
-		if (!is_http_start(head)) {
+		if (!is_http(buf, first_len, ci->role_hint == HT_ROLE_UNKNOWN)) {
 			ci->tries++;
 			if (ci->role_hint != HT_ROLE_UNKNOWN || ci->tries >= MID_STREAM_TRIES)
 				ci->state = HT_CONN_IGNORED;

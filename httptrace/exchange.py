@@ -48,6 +48,7 @@ class Connection:
     remote: Endpoint | None
     role: Role               # who sent the request (client) or received it (server)
     tls: bool = False
+    cgroup_id: int = 0       # cgroup v2 id of the process (containers.py maps it to a container)
 
 
 def header_value(headers, name: str) -> str | None:

@@ -221,7 +221,7 @@ class Tracer:
             comm=ev.comm.decode(errors="replace"),
             local=(events.address(ev.family, bytes(ev.local_addr)), ev.local_port),
             remote=(events.address(ev.family, bytes(ev.remote_addr)), ev.remote_port),
-            role_hint=RoleHint(ev.role_hint), tls=bool(ev.tls))
+            role_hint=RoleHint(ev.role_hint), tls=bool(ev.tls), cgroup_id=ev.cgroup_id)
 
     # Sinks for events(): decoded event objects queued for the iterator.
     def _queue_open(self, ev) -> None:
@@ -241,7 +241,7 @@ class Tracer:
         self._reassembler.open(opened.conn, Connection(
             pid=opened.conn[0], fd=opened.conn[1], tsid=opened.conn[2], comm=opened.comm,
             local=Endpoint(*opened.local), remote=Endpoint(*opened.remote),
-            role=_ROLE_OF_HINT[opened.role_hint], tls=opened.tls))
+            role=_ROLE_OF_HINT[opened.role_hint], tls=opened.tls, cgroup_id=opened.cgroup_id))
 
     def _reassemble_data(self, conn, ts_ns, direction, pos, payload, not_copied, flags) -> None:
         self._reassembler.data(conn, direction, pos, payload, not_copied, ts_ns,

@@ -121,7 +121,8 @@ def fetch(package: str) -> str:
     for name, want in files.items():
         got = _sha256(os.path.join(src, name))
         if got != want:
-            sys.exit(f"build.py: {src}/{name} has sha256 {got}, the pin is {want}")
+            sys.exit(f"build.py: {src}/{name} has sha256 {got}, the pin is {want} "
+                     f"(remove {src} to download it again)")
     return os.path.join(src, next(name for name in files if name.endswith(".dsc")))
 
 

@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -144,13 +145,21 @@ def wire_head(message) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+SYS_BPF = 321  # x86-64
+GET_NEXT_ID = {"prog": 11, "map": 12, "link": 31}  # BPF_PROG/MAP/LINK_GET_NEXT_ID
+
+
 def bpf_ids(kind: str = "prog") -> set[int]:
-    """Every BPF program (or map, or link) in the kernel by id: BPF_*_GET_NEXT_ID via the wheel's libbpf."""
-    get_next = getattr(ctypes.CDLL(libbpf_path()), f"bpf_{kind}_get_next_id")
-    ids, current, nxt = set(), 0, ctypes.c_uint32()
-    while get_next(ctypes.c_uint32(current), ctypes.byref(nxt)) == 0:
-        current = nxt.value
-        ids.add(current)
+    """Every BPF program (or map, or link) in the kernel by id, from the bpf() syscall itself: the wheel
+    need not export libbpf's symbols, and this sees what any library left behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 3)()  # union bpf_attr for *_GET_NEXT_ID: start_id, next_id, open_flags
+    ids = set()
+    while libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(GET_NEXT_ID[kind]), attr, ctypes.c_uint(12)) == 0:
+        ids.add(attr[1])
+        attr[0] = attr[1]
+    err = ctypes.get_errno()
+    assert err == 2, f"BPF_{kind.upper()}_GET_NEXT_ID: {os.strerror(err)}"  # ENOENT ends the walk
     return ids
 
 
@@ -158,15 +167,9 @@ def bpf_program_ids() -> set[int]:
     return bpf_ids("prog")
 
 
-def libbpf_path() -> str:
-    import httptrace._libbpf  # noqa: F401  (maps the bundled libbpf)
-
+def mapped_files() -> list[str]:
     with open("/proc/self/maps") as f:
-        for line in f:
-            path = line.split(None, 5)[-1].strip()
-            if "/libbpf" in os.path.basename(path) or "libbpf-" in path or "libbpf.so" in path:
-                return path
-    raise RuntimeError("the wheel's libbpf is not mapped")
+        return sorted({line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6})
 
 
 def bpf_fds() -> list[str]:
@@ -211,16 +214,22 @@ def kernel_features():
 
 
 def installed_wheel():
-    """httptrace comes from the venv's installed wheel, with the wheel's own libbpf, not from a source tree."""
+    """httptrace comes from the venv's installed wheel, with the wheel's own libbpf (inside its module or
+    beside it), not from a source tree or the distribution."""
     import importlib.metadata
 
     import httptrace
+    import httptrace._libbpf as module
 
+    venv = os.path.realpath(sys.prefix) + os.sep
     package = os.path.realpath(os.path.dirname(httptrace.__file__))
-    assert package.startswith(os.path.realpath(sys.prefix) + os.sep), f"httptrace imported from {package}"
-    libbpf = libbpf_path()
-    assert "httptrace.libs" in libbpf, f"libbpf is not the wheel's: {libbpf}"
-    return f"httptrace {importlib.metadata.version('httptrace')} from {package}; libbpf {os.path.basename(libbpf)}"
+    assert package.startswith(venv), f"httptrace imported from {package}"
+    assert os.path.realpath(module.__file__).startswith(venv), f"the libbpf module is {module.__file__}"
+    foreign = [p for p in mapped_files() if re.search(r"/lib(bpf|elf)[-.]", p) and not p.startswith(venv)]
+    assert not foreign, f"libbpf/libelf mapped from outside the wheel: {foreign}"
+    bundled = [os.path.basename(p) for p in mapped_files() if p.startswith(venv) and re.search(r"\.so", p)]
+    return (f"httptrace {importlib.metadata.version('httptrace')} from {package}; "
+            f"shared objects from the venv: {', '.join(bundled)}")
 
 
 def httptrace_check():

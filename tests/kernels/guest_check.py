@@ -1,11 +1,13 @@
-"""The root end-to-end subset, run inside a QEMU guest on another kernel with the installed wheel.
+"""The root end-to-end subset, run inside a QEMU guest (another kernel, a Debian userland) with the wheel.
 
 run_kernels.py copies this file into the guest's scratch directory and runs it with the python of a venv
-that has only the wheel (and its PyPI dependencies) installed: nothing from the source tree is imported.
-Servers and clients are subprocesses (the tracer never traces its own process). Each check prints
-PASS/FAIL with a detail line; result.json (and verifier.log when a load failed) go to --out.
+that the userland's own python3 made, with only the wheel (and its PyPI dependencies) installed: nothing
+from the source tree is imported. Servers and clients are the userland's (python3, curl, nginx, its
+libssl) plus the static Go seed server, all subprocesses (the tracer never traces its own process).
+Runs on Python 3.9+. Each check prints PASS/FAIL with a detail line; result.json (and verifier.log when
+a load failed) go to --out.
 
-Usage: python guest_check.py --out DIR
+Usage: python guest_check.py --out DIR --family fast|compat --seed-server PATH
 """
 from __future__ import annotations
 
@@ -20,10 +22,14 @@ import subprocess
 import sys
 import threading
 import time
+import ssl
 import traceback
 
 OUT = "."
+FAMILY = "fast"        # the program family httptrace must pick on this kernel (kernels.txt)
+SEED_SERVER = ""       # tests/e2e's Go seed server, static
 RESULTS: list[dict] = []
+PICKED: dict = {}      # what `httptrace --check` said it picked, for result.json
 
 # Kernel features the object uses beyond the 5.8 ring buffer, with the release that brought each.
 HELPERS = (("bpf_ringbuf_reserve", 131, "5.8"), ("bpf_get_current_task_btf", 158, "5.11"),
@@ -209,8 +215,13 @@ def kernel_features():
     with open(os.path.join(OUT, "features.json"), "w") as f:
         json.dump({"release": uname.release, "version": uname.version, "features": features}, f, indent=1)
     missing = [name for name, ok in features.items() if not ok]
-    assert not missing, f"missing: {', '.join(missing)}"
-    return f"{uname.release}: BTF, ring buffer, bpf_get_current_task_btf, bpf_task_pt_regs, bpf_loop all present"
+    basic = [name for name in missing if name in ("btf", "ringbuf map") or name.startswith("bpf_ringbuf")]
+    assert not basic, f"missing what every family needs: {', '.join(basic)}"
+    if FAMILY == "fast":
+        assert not missing, f"listed as fast, but missing: {', '.join(missing)}"
+        return f"{uname.release}: BTF, ring buffer, bpf_get_current_task_btf, bpf_task_pt_regs, bpf_loop all present"
+    assert missing, "listed as compat, but every feature of the fast family is present"
+    return f"{uname.release}: BTF and ring buffer present; missing (so compat): {', '.join(missing)}"
 
 
 def installed_wheel():
@@ -233,18 +244,22 @@ def installed_wheel():
 
 
 def httptrace_check():
-    """`python -m httptrace --check` exits 0 and loads and attaches the programs."""
+    """`python -m httptrace --check` exits 0 and names the program family it picked: the listed one."""
     result = subprocess.run([sys.executable, "-m", "httptrace", "--check"], capture_output=True, text=True,
                             timeout=300)
     print(result.stdout + result.stderr, flush=True)
     problems = [line.strip() for line in result.stdout.splitlines() if line.strip() and not line.startswith("ok")]
     assert result.returncode == 0, f"exit {result.returncode}: {' | '.join(problems[:3])}"
-    assert "programs loaded and attached" in result.stdout, "no 'programs loaded and attached' line"
-    return [line.strip() for line in result.stdout.splitlines() if "programs loaded" in line][0]
+    picked = re.search(r"^ok\s+programs: (\w+)(.*)$", result.stdout, re.M)
+    assert picked, "no 'ok   programs: <family> (...)' line in the output of --check"
+    PICKED.update(family=picked.group(1), line=picked.group(0).strip())
+    assert picked.group(1) == FAMILY, f"picked {picked.group(1)!r}{picked.group(2)}; this kernel is listed as {FAMILY}"
+    return picked.group(0).strip()
 
 
 def load_and_attach_every_program():
-    """Every program of the object is loaded and attached (tracepoints and the libssl uprobes)."""
+    """Every program the loader chose (one family of the object) is in the kernel and attached: the
+    syscall tracepoints and the libssl uprobes."""
     from httptrace import checks
     from httptrace.libbpf import BpfObject
     from httptrace.tracer import Tracer
@@ -267,14 +282,18 @@ def load_and_attach_every_program():
         loaded_ids = bpf_program_ids() - BEFORE["prog"]
     finally:
         tracer.__exit__(None, None, None)
-    missing = sorted(set(in_object) - set(attached))
+    chosen = set(attached)
     print(f"  {len(in_object)} programs in the object, {len(loaded_ids)} loaded in the kernel, {len(attached)} links; "
           f"TLS libraries: {', '.join(libraries) or 'none'}", flush=True)
     for name, section in sorted(in_object.items()):
-        print(f"    {name:32} {section:48} {'attached' if name in attached else 'NOT ATTACHED'}", flush=True)
-    assert not missing, f"not attached: {', '.join(missing)}"
-    assert len(loaded_ids) == len(in_object), f"{len(loaded_ids)} programs in the kernel, {len(in_object)} in the object"
-    return (f"{len(in_object)} programs loaded (bpf_loop path included) and attached as {len(attached)} links "
+        print(f"    {name:32} {section:48} {'attached' if name in chosen else 'not loaded'}", flush=True)
+    assert chosen <= set(in_object), f"attached programs not in the object: {sorted(chosen - set(in_object))}"
+    sections = [in_object[name].lstrip("?") for name in chosen]  # "?sec": not loaded unless chosen
+    assert any(s.startswith("tracepoint/") for s in sections), "no tracepoint program attached"
+    assert any(s.startswith("uprobe") or s.startswith("uretprobe") for s in sections), "no libssl uprobe attached"
+    # A program loaded but not attached would be one more in the kernel than attached names.
+    assert len(loaded_ids) == len(chosen), f"{len(loaded_ids)} programs in the kernel, {len(chosen)} attached"
+    return (f"{len(chosen)} of the object's {len(in_object)} programs loaded and attached as {len(attached)} links "
             f"in {load_seconds:.1f}s; TLS: {', '.join(libraries) or 'none'}")
 
 
@@ -386,6 +405,7 @@ def request_body():
     return f"POST /upload: {len(body)} request body bytes byte-exact, 201"
 
 
+
 TLS_SERVER = """
 import http.server, ssl, sys
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -427,7 +447,6 @@ def tls_exchange():
         assert ex.response.body == body, f"{ex.connection.role.value}: TLS response body differs"
     return f"GET /secret.txt over TLS: plaintext byte-exact for curl and the Python server ({len(body)} bytes)"
 
-
 def clean_detach():
     """After the tracers closed: no BPF fds left in this process; no program, map or link left in the kernel."""
     import gc
@@ -451,13 +470,25 @@ CHECKS = (kernel_features, installed_wheel, httptrace_check, load_and_attach_eve
           one_megabyte_body, ipv6_exchange, request_body, tls_exchange, clean_detach)
 
 
+def userland() -> dict:
+    """The distribution the checks run in: its release, Python, glibc and OpenSSL."""
+    with open("/etc/os-release") as f:
+        release = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+    return {"distribution": release.get("PRETTY_NAME", "?").strip('"'), "python": platform.python_version(),
+            "glibc": os.confstr("CS_GNU_LIBC_VERSION"), "openssl": ssl.OPENSSL_VERSION}
+
+
 def main() -> int:
-    global OUT
+    global OUT, FAMILY, SEED_SERVER
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
+    parser.add_argument("--family", choices=("fast", "compat"), required=True,
+                        help="the program family httptrace must pick on this kernel")
+    parser.add_argument("--seed-server", required=True, help="the static Go seed server")
     parser.add_argument("--only", nargs="*", help="run only these checks")
     args = parser.parse_args()
-    OUT = args.out
+    OUT, FAMILY, SEED_SERVER = args.out, args.family, args.seed_server
+    print(f"userland: {userland()}; expected family: {FAMILY}", flush=True)
     started = time.monotonic()
     BEFORE.update((kind, bpf_ids(kind)) for kind in ("prog", "map", "link"))
     for func in CHECKS:
@@ -465,8 +496,9 @@ def main() -> int:
             check(func)
     ok = bool(RESULTS) and all(r["ok"] for r in RESULTS)
     passed = sum(r["ok"] for r in RESULTS)
-    summary = {"ok": ok, "release": platform.release(), "seconds": round(time.monotonic() - started, 1),
-               "checks": RESULTS}
+    summary = {"ok": ok, "release": platform.release(), "userland": userland(), "expected_family": FAMILY,
+               "family": PICKED.get("family"), "programs_line": PICKED.get("line"),
+               "seconds": round(time.monotonic() - started, 1), "checks": RESULTS}
     with open(os.path.join(OUT, "result.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"guest checks on {platform.release()}: {passed} passed, {len(RESULTS) - passed} failed "

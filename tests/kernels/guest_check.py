@@ -321,9 +321,10 @@ def _get(host: str, size: int, name: str):
     return server.proc.pid, client.pid, cap, body, head
 
 
-def _assert_exchange(ex, role, body, head, name):
+def _assert_exchange(ex, role, body, head, name, method="GET"):
+    """One captured exchange against what the client received: the response head and body byte for byte."""
     assert ex.connection.role.value == role, f"role {ex.connection.role} != {role}"
-    assert ex.request.method == "GET" and ex.request.target == f"/{name}", f"{ex.request.method} {ex.request.target}"
+    assert ex.request.method == method and ex.request.target == f"/{name}", f"{ex.request.method} {ex.request.target}"
     assert ex.response is not None, "no response"
     assert ex.response.status == 200, f"status {ex.response.status}"
     assert not ex.flags, f"flags {sorted(f.value for f in ex.flags)}"
@@ -405,6 +406,228 @@ def request_body():
     return f"POST /upload: {len(body)} request body bytes byte-exact, 201"
 
 
+def run_client(argv: list[str], timeout: int = 150) -> tuple[int, bytes]:
+    """Run a client to its end; (pid, stdout). Its pid picks its side of the exchanges."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"{argv[0]} exited {proc.returncode}: {err.decode(errors='replace')[-500:]}"
+    return proc.pid, out
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def split_heads(data: bytes) -> list[bytes]:
+    """curl -D with several transfers: the response heads one after the other, each ending in CRLF CRLF."""
+    return [head + b"\r\n\r\n" for head in data.split(b"\r\n\r\n")[:-1]]
+
+
+def seed_ten_megabytes():
+    """The Go seed server's 10 MB answer to POST /customResponse, byte-exact on both sides."""
+    size = 10 * 1024 * 1024
+    work = "/tmp/seed"
+    os.makedirs(work, exist_ok=True)
+    head_path, body_path = os.path.join(work, "head"), os.path.join(work, "body")
+    request = b'{"size": %d}' % size
+    port = free_port(socket.AF_INET)
+    server = subprocess.Popen([SEED_SERVER, "-addr", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, "127.0.0.1")
+        # 10 MB crosses the ring buffer twice (server and client side): room for both, so a slow
+        # emulated reader does not turn this into a drop test.
+        with Capture(ports=[port], ring_buffer_size=128 << 20) as cap:
+            client_pid, _ = run_client(["curl", "-sS", "--max-time", "150", "-D", head_path, "-o", body_path,
+                                        "-H", "Content-Type: application/json", "--data-binary", request,
+                                        f"http://127.0.0.1:{port}/customResponse"], timeout=160)
+    finally:
+        server.kill()
+        server.wait()
+    head, body = read_bytes(head_path), read_bytes(body_path)
+    assert body.startswith(b'{"answer":"') and len(body) == size + len(b'{"answer":""}\n'), f"{len(body)} bytes"
+    assert sum(cap.drops.values()) == 0, f"ring buffer drops: {cap.drops}"
+    for pid, role in ((server.pid, "server"), (client_pid, "client")):
+        exchanges = cap.of(pid)
+        assert len(exchanges) == 1, f"{len(exchanges)} {role} exchanges of {len(cap.exchanges)}"
+        _assert_exchange(exchanges[0], role, body, head, "customResponse", method="POST")
+        assert exchanges[0].request.body == request, f"{role}: request body {exchanges[0].request.body[:60]!r}"
+    assert cap.of(server.pid)[0].connection.comm == "seed-server"
+    return f"POST /customResponse: {len(body)} body bytes byte-exact on both sides, no drops"
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+error_log {work}/error.log;
+pid {work}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    # The body through write/writev, which the tracer copies (a sendfile body is only counted).
+    sendfile off;
+    keepalive_timeout 60s;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/body;
+    server {{
+        listen 127.0.0.1:{port};
+        listen [::1]:{port};
+        root {work}/www;
+    }}
+}}
+"""
+
+
+class Nginx:
+    """The userland's nginx, one process (master_process off) serving `files` from /tmp."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.work = "/tmp/nginx"
+        os.makedirs(os.path.join(self.work, "www"), exist_ok=True)
+        for name, data in files.items():
+            with open(os.path.join(self.work, "www", name), "wb") as f:
+                f.write(data)
+        self.port = free_port(socket.AF_INET)
+        conf = os.path.join(self.work, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(work=self.work, port=self.port))
+        self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", self.work], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(self.port, "127.0.0.1", timeout=30)
+        except TimeoutError:
+            self.close()
+            raise AssertionError(f"nginx did not start: {_file_tail(os.path.join(self.work, 'error.log'))}")
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _file_tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(f.read().splitlines()[-3:])
+    except OSError:
+        return f"(no {path})"
+
+
+def nginx_version() -> str:
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    return out.split(":", 1)[-1].strip()
+
+
+def nginx_keepalive():
+    """Two requests on one keep-alive connection to the distribution's nginx (curl reuses it): two
+    exchanges on each side, in order, each byte-exact with what curl received."""
+    files = {"a.txt": b"first on the connection\n" * 40, "b.bin": os.urandom(300_000)}
+    outs = {name: f"/tmp/nginx-{name}" for name in files}
+    heads_path = "/tmp/nginx-heads"
+    with Nginx(files) as nginx:
+        urls = [f"http://127.0.0.1:{nginx.port}/{name}" for name in files]
+        with Capture(ports=[nginx.port]) as cap:
+            args = ["curl", "-sS", "--max-time", "120", "-D", heads_path, "-w", "%{num_connects} %{local_port}\n"]
+            for name, url in zip(files, urls):
+                args += ["-o", outs[name], url]
+            client_pid, out = run_client(args)
+        server_pid = nginx.proc.pid
+    connects = [line.split() for line in out.decode().splitlines()]
+    assert [c[0] for c in connects] == ["1", "0"], f"curl connects per transfer: {connects} (want one connection)"
+    heads = split_heads(read_bytes(heads_path))
+    assert len(heads) == 2, f"{len(heads)} response heads"
+    for name, data in files.items():
+        assert read_bytes(outs[name]) == data, f"curl did not receive {name}"
+    assert sum(cap.drops.values()) == 0, f"ring buffer drops: {cap.drops}"
+    for pid, role in ((server_pid, "server"), (client_pid, "client")):
+        exchanges = cap.of(pid)
+        assert [ex.request.target for ex in exchanges] == [f"/{name}" for name in files], \
+            f"{role}: {[ex.request.target for ex in exchanges]} of {len(cap.exchanges)}"
+        for ex, (name, data), head in zip(exchanges, files.items(), heads):
+            _assert_exchange(ex, role, data, head, name)
+        connections = {(ex.connection.local, ex.connection.remote) for ex in exchanges}
+        assert len(connections) == 1, f"{role}: {len(connections)} connections"
+        client_end = exchanges[0].connection.local if role == "client" else exchanges[0].connection.remote
+        assert client_end.port == int(connects[0][1]), f"{role}: client port {client_end.port}, curl {connects[0][1]}"
+    return (f"{nginx_version()}: GET /a.txt then /b.bin ({len(files['b.bin'])} bytes) on one connection, "
+            f"2 exchanges byte-exact on each side")
+
+
+RAW_CLIENT = r"""
+import re, socket, sys
+# One keep-alive connection: GET argv[3], then wait for a line on stdin, then GET argv[4]. Each response
+# is read whole (Content-Length) and the bytes as received are written to argv[5] and argv[6].
+host, port = sys.argv[1], int(sys.argv[2])
+sock = socket.create_connection((host, port))
+
+def exchange(target, out):
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: raw-client\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < want(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            sys.exit("connection closed early")
+        data += chunk
+    with open(out, "wb") as f:
+        f.write(data)
+    print("done", sock.getsockname()[1], flush=True)
+
+def want(data):
+    head = data.split(b"\r\n\r\n", 1)[0]
+    return len(head) + 4 + int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+
+exchange(sys.argv[3], sys.argv[5])
+sys.stdin.readline()
+exchange(sys.argv[4], sys.argv[6])
+"""
+
+
+def connection_opened_before_the_tracer():
+    """A keep-alive connection to nginx used once before the tracer started: the next exchange on it is
+    captured on both sides (flagged mid_stream, the only flag), byte-exact with what the client received."""
+    files = {"first.txt": b"before the tracer\n" * 20, "second.bin": os.urandom(150_000)}
+    first, second = "/tmp/raw-first", "/tmp/raw-second"
+    with Nginx(files) as nginx:
+        client = subprocess.Popen([sys.executable, "-c", RAW_CLIENT, "127.0.0.1", str(nginx.port), "/first.txt",
+                                   "/second.bin", first, second], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            line = client.stdout.readline()
+            assert line.startswith("done "), f"the first exchange failed: {line!r}"
+            local_port = int(line.split()[1])
+            with Capture(ports=[nginx.port]) as cap:
+                client.stdin.write("go\n")
+                client.stdin.flush()
+                assert client.stdout.readline() == f"done {local_port}\n", "the second exchange failed"
+                assert client.wait(60) == 0
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        server_pid = nginx.proc.pid
+    raw = read_bytes(second)
+    assert raw.endswith(files["second.bin"]) and read_bytes(first).endswith(files["first.txt"])
+    for pid, role in ((server_pid, "server"), (client.pid, "client")):
+        exchanges = cap.of(pid)
+        assert [ex.request.target for ex in exchanges] == ["/second.bin"], \
+            f"{role}: {[ex.request.target for ex in exchanges]} of {len(cap.exchanges)}"
+        ex = exchanges[0]
+        # The kernel saw no connect()/accept() for it: the role comes from who sent the request.
+        assert ex.connection.role.value == role, f"{role}: role {ex.connection.role}"
+        assert {f.value for f in ex.flags} == {"mid_stream"}, f"{role}: flags {sorted(f.value for f in ex.flags)}"
+        assert ex.response.status == 200 and wire_head(ex.response) + ex.response.body == raw, \
+            f"{role}: the captured response differs from the {len(raw)} bytes the client received"
+        client_end = ex.connection.local if role == "client" else ex.connection.remote
+        assert client_end.port == local_port, f"{role}: client port {client_end.port} != {local_port}"
+    return (f"connection from port {local_port} opened before the tracer: GET /second.bin ({len(raw)} bytes) "
+            "captured on both sides, byte-exact, mid_stream")
+
 
 TLS_SERVER = """
 import http.server, ssl, sys
@@ -416,8 +639,21 @@ server.serve_forever()
 """
 
 
+def mapped_libssl() -> str:
+    """The distribution's libssl, as this python's ssl module maps it."""
+    import ssl  # noqa: F401
+
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split(None, 5)[-1].strip()
+            if re.search(r"/libssl\.so\.[0-9.]+$", path):
+                return path
+    raise AssertionError("python's ssl module maps no libssl")
+
+
 def tls_exchange():
-    """HTTPS between curl and Python's ssl: plaintext through the libssl uprobes on this kernel."""
+    """HTTPS between curl and Python's ssl, both on the distribution's libssl: the plaintext through the
+    uprobes on that libssl, on this kernel."""
     work = "/tmp/tls"
     os.makedirs(work, exist_ok=True)
     cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
@@ -439,13 +675,18 @@ def tls_exchange():
         server.kill()
         server.wait()
     assert result.stdout == body
+    libssl = mapped_libssl()
+    probed = [path for path in cap.tracer.tls_libraries if os.path.exists(path)]
+    assert any(os.path.samefile(path, libssl) for path in probed), f"{libssl} is not among the probed {probed}"
     tls = [ex for ex in cap.exchanges if ex.connection.tls]
     roles = sorted(ex.connection.role.value for ex in tls)
     assert roles == ["client", "server"], f"TLS exchanges by role: {roles} (of {len(cap.exchanges)})"
     for ex in tls:
         assert ex.request.target == "/secret.txt" and ex.response.status == 200
         assert ex.response.body == body, f"{ex.connection.role.value}: TLS response body differs"
-    return f"GET /secret.txt over TLS: plaintext byte-exact for curl and the Python server ({len(body)} bytes)"
+    return (f"GET /secret.txt over TLS through {libssl} ({ssl.OPENSSL_VERSION}): plaintext byte-exact "
+            f"for curl and the Python server ({len(body)} bytes)")
+
 
 def clean_detach():
     """After the tracers closed: no BPF fds left in this process; no program, map or link left in the kernel."""
@@ -467,7 +708,8 @@ def clean_detach():
 
 
 CHECKS = (kernel_features, installed_wheel, httptrace_check, load_and_attach_every_program, curl_to_http_server_ipv4,
-          one_megabyte_body, ipv6_exchange, request_body, tls_exchange, clean_detach)
+          one_megabyte_body, seed_ten_megabytes, nginx_keepalive, connection_opened_before_the_tracer, ipv6_exchange,
+          request_body, tls_exchange, clean_detach)
 
 
 def userland() -> dict:

@@ -707,7 +707,7 @@ def run_guest(guest: Guest, wheel: str, timeout: int = DEFAULT_TIMEOUT, echo: bo
     except KernelTestError as exc:
         outcome.problem = str(exc)
         outcome.prepare_seconds = time.monotonic() - started
-        return outcome
+        return _kept(outcome)
     result_path = os.path.join(scratch, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
@@ -730,6 +730,16 @@ def run_guest(guest: Guest, wheel: str, timeout: int = DEFAULT_TIMEOUT, echo: bo
     if outcome.ok:  # keep the logs, not the venv (failures keep both, to rerun qemu-command.txt)
         shutil.rmtree(os.path.join(scratch, "venv"), ignore_errors=True)
         os.unlink(os.path.join(scratch, "initramfs.cpio"))
+    return _kept(outcome)
+
+
+def _kept(outcome: Outcome) -> Outcome:
+    """outcome.json in the artifacts: the verdict and the times, also for a guest that never booted."""
+    if os.path.isdir(outcome.artifacts) and outcome.artifacts != ARTIFACTS:
+        summary = {"guest": str(outcome.guest), "package": outcome.package, "release": outcome.release,
+                   "ok": outcome.ok, "host_seconds": round(outcome.prepare_seconds, 1),
+                   "guest_seconds": round(outcome.seconds, 1), "problem": outcome.problem}
+        _write_json(os.path.join(outcome.artifacts, "outcome.json"), summary)
     return outcome
 
 

@@ -11,8 +11,9 @@ ARGS ?=
 BUILD_PKGS := clang-16 llvm-16 bpftool gcc dpkg-dev python3-dev python3-venv
 TEST_PKGS := nginx wrk curl golang-go nodejs openssl libssl-dev iproute2 procps util-linux
 BENCH_PKGS := nginx wrk tcpdump tshark apache2-utils
-# tests/kernels: QEMU boots the kernels of tests/kernels/kernels.txt and runs the wheel on each.
-KERNEL_PKGS := qemu-system-x86 busybox-static curl openssl
+# tests/kernels: QEMU boots the guests of tests/kernels/kernels.txt (Debian kernels, debootstrapped Debian
+# userlands) and runs the wheel in each; go builds the static seed server they serve.
+KERNEL_PKGS := qemu-system-x86 busybox-static debootstrap golang-go
 
 .PHONY: run test test-unit test-e2e test-kernels bench wheel vmlinux clean sysdeps-build sysdeps-src sysdeps-test sysdeps-kernels build deps
 ZIGLANG := $(shell sed -n 's/^ZIGLANG_VERSION = "\([^"]*\)".*/\1/p' build.py)
@@ -79,7 +80,8 @@ test-e2e: sysdeps-test build
 	$(PY) -m pytest -ra tests/e2e
 	HTTPTRACE_PROGRAMS=compat $(PY) -m pytest -ra tests/e2e --ignore=tests/e2e/test_wheel.py
 
-# The wheel, built once, on each kernel of tests/kernels/kernels.txt in a QEMU guest (see docs/kernels.md).
+# The wheel, built once, in each guest of tests/kernels/kernels.txt (see docs/kernels.md); caches in
+# ${HTTPTRACE_CACHE:-/var/cache/httptrace}.
 test-kernels: sysdeps-kernels wheel
 	HTTPTRACE_WHEEL="$$(ls $(CURDIR)/wheelhouse/httptrace-*.whl)" $(PY) -m pytest -ra tests/kernels
 

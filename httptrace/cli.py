@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import structlog
 
+from httptrace._log import EVENT_ATTRIBUTE, get_logger
 from httptrace.errors import EnvironmentProblem, HttptraceError, LibbpfError
 from httptrace.filters import (
     ExchangeFilter, FilterSpecError, build_filter, compile_path_regex, parse_methods, parse_statuses,
@@ -36,7 +37,7 @@ EXIT_INTERRUPTED = 130     # Ctrl-C before capture started, or a second Ctrl-C
 TASK_COMM_LEN = 16         # the kernel keeps 15 characters of a command name
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-log = structlog.get_logger("httptrace.cli")
+log = get_logger("httptrace.cli")
 
 EXAMPLES = """\
 examples:
@@ -219,8 +220,32 @@ def _isatty(stream: IO) -> bool:
         return False
 
 
+class _RenderingHandler(logging.Handler):
+    """Renders httptrace's log records with structlog processors, one line each on a stream."""
+
+    def __init__(self, stream: IO[str], processors: list[Any]):
+        super().__init__()
+        self.stream = stream
+        self.processors = processors
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = getattr(record, EVENT_ATTRIBUTE, None)
+            event: Any = dict(fields) if fields is not None else {"event": record.getMessage()}
+            method = record.levelname.lower()
+            for processor in self.processors:
+                event = processor(None, method, event)
+            self.stream.write(f"{event}\n")
+            self.stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(level: str = "info", stream: IO[str] | None = None) -> None:
-    """structlog to `stream` (stderr by default): readable on a terminal, JSON otherwise."""
+    """httptrace's log records to `stream` (stderr by default): readable on a terminal, JSON otherwise.
+
+    The library only hands records to the `httptrace` logger of the logging module (see _log.py); the
+    CLI is the one place that renders them, with this handler, and keeps them from the root logger."""
     stream = stream if stream is not None else sys.stderr
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -231,12 +256,12 @@ def configure_logging(level: str = "info", stream: IO[str] | None = None) -> Non
         processors.append(structlog.dev.ConsoleRenderer(colors="NO_COLOR" not in os.environ))
     else:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
-    )
+    logger = logging.getLogger("httptrace")
+    for handler in [h for h in logger.handlers if isinstance(h, _RenderingHandler)]:
+        logger.removeHandler(handler)   # configured again (tests do): one handler, the latest
+    logger.addHandler(_RenderingHandler(stream, processors))
+    logger.setLevel(level.upper())
+    logger.propagate = False
 
 
 # --- seams for tests: everything that needs root or compiled code -----------------

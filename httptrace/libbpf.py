@@ -9,12 +9,11 @@ import errno as errno_names
 import os
 from typing import Iterator
 
-import structlog
-
 from ._libbpf import ffi, lib
+from ._log import get_logger
 from .errors import LibbpfError
 
-log = structlog.get_logger("httptrace.libbpf")
+log = get_logger("httptrace.libbpf")
 
 BPF_MAP_TYPE_RINGBUF = 27
 

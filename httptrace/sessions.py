@@ -33,8 +33,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-import structlog
-
+from ._log import get_logger
 from .exchange import Connection, Exchange, Role
 from .http1 import (EITHER, F_GAP, F_INCOMPLETE, F_MID_STREAM, F_TRUNCATED, LOST, NOT_VISIBLE, OPAQUE, PAUSED, REQUEST,
                     RESPONSE, TRUNCATED, MessageBuilder, MessageReader, decoded_body, flags_of,
@@ -43,7 +42,7 @@ from .streams import DirectionStream, Gap
 
 __all__ = ["Reassembler", "decoded_body"]
 
-log = structlog.get_logger("httptrace.sessions")
+log = get_logger("httptrace.sessions")
 
 EGRESS = 0
 INGRESS = 1

@@ -15,15 +15,14 @@ import struct
 import time
 from typing import Iterable, Iterator
 
-import structlog
-
 from . import checks, events
+from ._log import get_logger
 from .events import DataFlags, Direction, EventType, RoleHint
 from .exchange import Connection, Endpoint, Exchange, Role
 from .errors import LibbpfError
 from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 
-log = structlog.get_logger("httptrace.tracer")
+log = get_logger("httptrace.tracer")
 
 DEFAULT_RING_BUFFER_SIZE = 32 << 20
 DEFAULT_MAX_BODY = 16 << 20

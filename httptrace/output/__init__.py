@@ -52,14 +52,7 @@ def make_writer(fmt: str, stream: IO, options: OutputOptions) -> ExchangeWriter:
 def httptrace_version() -> str:
     """For HAR's creator field and --version."""
     import httptrace
-    version = getattr(httptrace, "__version__", None)
-    if version:
-        return str(version)
-    try:
-        from importlib.metadata import PackageNotFoundError, version as dist_version
-        return dist_version("httptrace")
-    except PackageNotFoundError:   # running from a checkout, not installed
-        return "0+unknown"
+    return httptrace.__version__
 
 
 # --- timestamps -------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 
 class Role(str, enum.Enum):
@@ -51,7 +51,7 @@ class Connection:
     cgroup_id: int = 0       # cgroup v2 id of the process (containers.py maps it to a container)
 
 
-def header_value(headers, name: str) -> str | None:
+def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     """First value of header `name` in (name, value) pairs, case-insensitively."""
     lname = name.lower()
     for key, value in headers:

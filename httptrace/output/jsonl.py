@@ -44,6 +44,7 @@ def _message_fields(message: Message, redactor: Redactor, include_bodies: bool) 
         text, encoding = body_as_text(body, message.truncated), "utf-8"
         if text is None:
             text, encoding = base64.b64encode(body).decode("ascii"), "base64"
+    fields: dict[str, Any]
     if message.method is not None:
         fields = {"method": message.method, "target": message.target}
     else:

@@ -131,11 +131,12 @@ class Tracer:
         try:
             self._object = obj = self._load(family)
         except LibbpfError as exc:
-            if family != "fast" or self.requested_programs != "auto":
-                raise
             # The probes said yes but the verifier said no (a backport, an odd config): compat still may.
+            # Any other failure (no object file, say) would fail the same way with compat.
+            if family != "fast" or self.requested_programs != "auto" or not exc.verifier_log:
+                raise
             log.warning("fast programs rejected, loading the compat ones", error=str(exc),
-                        verifier=" | ".join(getattr(exc, "verifier_log", [])[-3:]))
+                        verifier=" | ".join(exc.verifier_log[-3:]))
             family, why = "compat", "the kernel rejected the fast programs"
             self._object = obj = self._load(family)
         self.programs, self.programs_reason = family, why

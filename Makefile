@@ -70,6 +70,7 @@ run: build
 
 # Then the end-to-end suite once more with the compat programs (the family of kernels before 5.17).
 test: sysdeps-test sysdeps-kernels build
+	$(PY) -m mypy --strict httptrace
 	$(PY) -m pytest -ra tests
 	HTTPTRACE_PROGRAMS=compat $(PY) -m pytest -ra tests/e2e --ignore=tests/e2e/test_wheel.py
 

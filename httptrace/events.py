@@ -97,7 +97,7 @@ MIRRORS = {
 
 DATA_OFFSET = ctypes.sizeof(DataEventHead)
 
-_STRUCT_CODES = {ctypes.c_uint8: "B", ctypes.c_uint16: "H", ctypes.c_uint32: "I", ctypes.c_int32: "i",
+_STRUCT_CODES: dict[type, str] = {ctypes.c_uint8: "B", ctypes.c_uint16: "H", ctypes.c_uint32: "I", ctypes.c_int32: "i",
                  ctypes.c_uint64: "Q"}
 
 
@@ -106,9 +106,10 @@ def flat_struct(mirror: type[ctypes.Structure]) -> struct.Struct:
 
     The hot path decodes with this (one C call, no ctypes object per event); it is derived from the
     ctypes mirror, which the contract test checks against the object's BTF."""
-    def codes(cls) -> str:
+    def codes(cls: type[ctypes.Structure]) -> str:
         out = ""
-        for _name, ftype in cls._fields_:
+        for field in cls._fields_:   # (name, type) or, for bit fields, (name, type, bits)
+            ftype = field[1]
             if isinstance(ftype, type) and issubclass(ftype, ctypes.Structure):
                 out += codes(ftype)
             elif isinstance(ftype, type) and issubclass(ftype, ctypes.Array):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 
 class Role(str, enum.Enum):
@@ -51,7 +51,7 @@ class Connection:
     cgroup_id: int = 0       # cgroup v2 id of the process (containers.py maps it to a container)
 
 
-def header_value(headers, name: str) -> str | None:
+def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     """First value of header `name` in (name, value) pairs, case-insensitively."""
     lname = name.lower()
     for key, value in headers:
@@ -100,3 +100,15 @@ class Exchange(NamedTuple):
         if self.response is None:
             return None
         return max(0, self.response.last_byte_ns - self.request.first_byte_ns)
+
+    def to_dict(self, *, include_bodies: bool = True, redact: Iterable[str] = (),
+                unredacted: bool = False) -> dict[str, Any]:
+        """The record `httptrace --format json` writes for this exchange (fields in docs/cli.md), as a
+        fresh dict of JSON types: equal to json.loads() of the CLI's line.
+
+        Redacted as the CLI redacts: Authorization, Proxy-Authorization, Cookie and Set-Cookie values
+        are masked, the headers named in `redact` too; `unredacted=True` is --no-redact.
+        `include_bodies=False` is --no-body."""
+        from httptrace.output.jsonl import exchange_record
+
+        return exchange_record(self, include_bodies=include_bodies, redact=redact, unredacted=unredacted)

@@ -33,17 +33,16 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-import structlog
-
+from ._log import get_logger
 from .exchange import Connection, Exchange, Role
 from .http1 import (EITHER, F_GAP, F_INCOMPLETE, F_MID_STREAM, F_TRUNCATED, LOST, NOT_VISIBLE, OPAQUE, PAUSED, REQUEST,
                     RESPONSE, TRUNCATED, MessageBuilder, MessageReader, decoded_body, flags_of,
                     switches_protocol)
-from .streams import DirectionStream, Gap
+from .streams import DirectionStream, Gap, Segment
 
 __all__ = ["Reassembler", "decoded_body"]
 
-log = structlog.get_logger("httptrace.sessions")
+log = get_logger("httptrace.sessions")
 
 EGRESS = 0
 INGRESS = 1
@@ -77,7 +76,8 @@ class _Pending:
 class _Session:
     """One traced connection: two directions, the requests waiting for responses; the readers' sink."""
 
-    def __init__(self, owner: Reassembler, key, connection: Connection, *, mid_stream: bool, start: int | None):
+    def __init__(self, owner: Reassembler, key: tuple[int, int, int], connection: Connection, *, mid_stream: bool,
+                 start: int | None):
         self.owner = owner
         self.key = key
         self.connection = connection
@@ -124,6 +124,7 @@ class _Session:
 
     def message_started(self, reader: MessageReader, b: MessageBuilder) -> str | None:
         pending = self.pending
+        entry: _Pending | None
         if b.is_request:
             if len(pending) >= MAX_PENDING_REQUESTS:
                 self._evict_oldest()
@@ -148,7 +149,7 @@ class _Session:
             return None
         entry.response = b
         b.entry = entry
-        method = entry.request.method
+        method = entry.request.method  # type: ignore[union-attr]  # _answered_by() returns requests we have
         # The request reader may be waiting on this answer; it is the other reader, so calling it
         # from inside this one's callback is safe (and must not wait: the next response in this
         # very payload may answer a request that is still waiting in there).
@@ -388,7 +389,7 @@ class _Session:
         self._emit(entry)
 
     def _emit(self, entry: _Pending) -> None:
-        request = entry.request
+        request: MessageBuilder = entry.request  # type: ignore[assignment]  # emitted only when we have it
         response = entry.response
         bits = request.flags | self.conn_flags | entry.extra_flags
         if response is None:
@@ -496,7 +497,7 @@ class Reassembler:
         self.reorder_window = reorder_window
         self.reorder_timeout_ns = reorder_timeout_ns
         self._sessions: dict[tuple[int, int, int], _Session] = {}
-        self._holding: set = set()          # keys of sessions with out-of-order segments held
+        self._holding: set[tuple[int, int, int]] = set()          # keys of sessions with out-of-order segments held
         self._out: list[Exchange] = []
         self._stats: dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
         self._buffered = 0
@@ -625,7 +626,7 @@ class Reassembler:
         if bits & F_TRUNCATED:
             stats["truncated"] += 1
 
-    def _feed(self, session: _Session, direction: int, pieces: list) -> None:
+    def _feed(self, session: _Session, direction: int, pieces: list[Segment | Gap]) -> None:
         reader = session.readers[direction]
         for piece in pieces:
             if type(piece) is Gap:
@@ -713,7 +714,7 @@ class Reassembler:
             total += session.buffered
         self._buffered = total
 
-    def _end_session(self, key, ts_ns: int, eof: bool) -> None:
+    def _end_session(self, key: tuple[int, int, int], ts_ns: int, eof: bool) -> None:
         session = self._sessions.pop(key, None)
         if session is None:
             return
@@ -727,7 +728,7 @@ class Reassembler:
         except Exception as error:
             self._internal_error(None, error)
 
-    def _internal_error(self, key, error: Exception) -> None:
+    def _internal_error(self, key: tuple[int, int, int] | None, error: Exception) -> None:
         """A bug of ours met an input we did not foresee: count it, restart the connection, go on."""
         self._stats["internal_errors"] += 1
         if self._stats["internal_errors"] <= _LOGGED_ERRORS:
@@ -738,9 +739,9 @@ class Reassembler:
             return
         self._holding.discard(key)
         try:
-            fresh = _Session(self, key, session.exchange_connection, mid_stream=True, start=None)
+            fresh = _Session(self, key, session.exchange_connection, mid_stream=True, start=None)  # type: ignore[arg-type]  # not None: it had a session
             fresh.last_ts = session.last_ts
-            self._sessions[key] = fresh
+            self._sessions[key] = fresh  # type: ignore[index]
         except Exception:
             pass
         self._recount()

@@ -20,10 +20,10 @@ import fcntl
 import json
 import os
 import re
-from typing import IO, Any
+from typing import IO, Any, Iterable
 from urllib.parse import parse_qsl, quote
 
-from httptrace.exchange import Exchange, Message, Role
+from httptrace.exchange import Endpoint, Exchange, Message, Role
 from httptrace.output import (
     OutputOptions, body_as_text, decoded_content, endpoint_text, httptrace_version, iso_utc,
 )
@@ -52,13 +52,13 @@ def _ms(ns: int) -> float:
     return round(max(0, ns) / 1_000_000, 3)
 
 
-def server_endpoint(exchange: Exchange):
+def server_endpoint(exchange: Exchange) -> Endpoint | None:
     """The HTTP server's address: the peer for a traced client, ourselves for a traced server."""
     connection = exchange.connection
     return connection.local if connection.role is Role.SERVER else connection.remote
 
 
-def client_endpoint(exchange: Exchange):
+def client_endpoint(exchange: Exchange) -> Endpoint | None:
     connection = exchange.connection
     return connection.remote if connection.role is Role.SERVER else connection.local
 
@@ -72,7 +72,8 @@ def _authority(host: str) -> str:
     """A Host header value made safe as a URL authority: "[", "@", "/" and friends from a
     malformed header are percent-encoded instead of changing what the URL means.
     Empty when nothing usable is left."""
-    name, port = _PORT_SUFFIX.fullmatch(host.strip()).groups()
+    match = _PORT_SUFFIX.fullmatch(host.strip())
+    name, port = match.groups() if match is not None else ("", None)   # None: a line break in it
     if not name:
         return ""
     if _IP_LITERAL.fullmatch(name):
@@ -114,7 +115,7 @@ def _query_string(target: str | None) -> list[dict[str, str]]:
     return [{"name": n, "value": v} for n, v in parse_qsl(query, keep_blank_values=True, errors="replace")]
 
 
-def _request_cookies(headers) -> list[dict[str, Any]]:
+def _request_cookies(headers: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
     cookies = []
     for name, value in headers:
         if name.lower() == "cookie":
@@ -125,7 +126,7 @@ def _request_cookies(headers) -> list[dict[str, Any]]:
     return cookies
 
 
-def _response_cookies(headers) -> list[dict[str, Any]]:
+def _response_cookies(headers: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
     cookies = []
     for name, value in headers:
         if name.lower() != "set-cookie":

@@ -40,7 +40,7 @@ def safe_block(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-def human_size(size: int) -> str:
+def human_size(size: float) -> str:
     if size < 1024:
         return f"{size}B"
     for unit in ("KiB", "MiB", "GiB"):

@@ -131,3 +131,21 @@ def test_wheel_uses_its_own_libbpf_and_objects(wheel_venv, tmp_path):
     assert any(path.endswith(MODULE) for path in mapped), mapped
     # libbpf and libelf are inside the module: neither the system's nor a grafted copy is mapped
     assert not [p for p in mapped if re.search(r"/lib(bpf|elf)[.-]", p) or "httptrace.libs" in p], mapped
+
+
+PUBLIC_API = """
+import os, httptrace
+from httptrace import Tracer, Exchange, Reassembler
+assert sorted(httptrace.__all__) == sorted(name for name in httptrace.__all__ if hasattr(httptrace, name))
+print("typed", os.path.isfile(os.path.join(os.path.dirname(httptrace.__file__), "py.typed")))
+print("version", httptrace.__version__)
+"""
+
+
+def test_wheel_exports_the_public_api_and_is_typed(wheel_venv, tmp_path):
+    env = clean_env(wheel_venv, tmp_path)
+    out = subprocess.run([str(wheel_venv / "bin" / "python"), "-c", PUBLIC_API], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    typed, version = out.splitlines()
+    assert typed == "typed True"
+    assert re.fullmatch(r"version \d+\.\d+\.\d+.*", version), version   # from the wheel's metadata

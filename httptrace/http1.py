@@ -33,7 +33,8 @@ import gzip
 import re
 import zlib
 
-from .exchange import Flag, Message, header_value
+from .exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_NOT_VISIBLE, F_PARSE_ERROR,  # noqa: F401 (re-exported)
+                       F_TRUNCATED, F_UPGRADED, Message, flags_of, header_value)
 
 # What a reader expects to see.
 REQUEST = 1
@@ -45,27 +46,8 @@ TRUNCATED = 1     # the kernel did not copy them (per-syscall capture cap)
 NOT_VISIBLE = 2   # sendfile(): they went from a file to the socket without passing user memory
 LOST = 3          # a gap: their events were lost
 
-# Flag bits on a message being read; `flags_of` turns them into exchange.Flag sets.
-F_GAP = 1
-F_TRUNCATED = 2
-F_PARSE_ERROR = 4
-F_NOT_VISIBLE = 8
-F_UPGRADED = 16
-F_INCOMPLETE = 32
-F_MID_STREAM = 64
-_FLAG_OF_BIT = ((F_GAP, Flag.GAP), (F_TRUNCATED, Flag.TRUNCATED), (F_PARSE_ERROR, Flag.PARSE_ERROR),
-                (F_NOT_VISIBLE, Flag.NOT_VISIBLE), (F_UPGRADED, Flag.UPGRADED),
-                (F_INCOMPLETE, Flag.INCOMPLETE), (F_MID_STREAM, Flag.MID_STREAM))
+# Flag bits on a message being read (defined with the Flag set they map to).
 _BIT_OF_CAUSE = {TRUNCATED: F_TRUNCATED, NOT_VISIBLE: F_NOT_VISIBLE, LOST: F_GAP}
-_flag_sets: dict[int, frozenset[Flag]] = {}
-
-
-def flags_of(bits: int) -> frozenset[Flag]:
-    """The Flag set for a bit mask (cached: there are few distinct combinations)."""
-    flags = _flag_sets.get(bits)
-    if flags is None:
-        flags = _flag_sets[bits] = frozenset(flag for bit, flag in _FLAG_OF_BIT if bits & bit)
-    return flags
 
 
 # Reader states.

@@ -101,8 +101,9 @@ def _candidate_pattern(max_frame_size: int) -> re.Pattern:
 
 def chain_verdict(view, at: int, end: int, max_frame_size: int, at_event_start: bool) -> int:
     """Whether frames begin at view[at]: ACCEPT for two chained plausible headers, or one whose frame
-    ends exactly where the bytes end (only at the start of an event, where writes and reads begin);
-    MORE when the bytes run out first; REJECT otherwise."""
+    ends exactly where the bytes end if it began where an event began (events are syscalls: frames
+    are written whole, and Go reads a header and then its payload); MORE when the bytes run out
+    first; REJECT otherwise."""
     count = 0
     while count < 2:
         if at == end and count and at_event_start:
@@ -177,6 +178,7 @@ class FrameReader:
         self._ts = 0
         self._buffer_ts = 0
         self._old_len = 0
+        self._sync_starts: list[int] = []   # S_SYNC: where earlier events began in `buffer`
 
     def __repr__(self) -> str:
         return f"<FrameReader direction={self.direction} state={self.state} buffered={len(self.buffer)}>"
@@ -460,24 +462,29 @@ class FrameReader:
         n = len(view)
         size = self.max_frame_size
         pattern = _candidate_pattern(size)
-        event_start = self._old_len
+        starts = [start for start in self._sync_starts if start >= i]
+        if self._old_len >= i and self._old_len not in starts:
+            starts.append(self._old_len)
         at = i
         while True:
             match = pattern.search(view, at)
             if match is None:
                 keep = max(i, n - 8)    # a header may straddle into the next event
-                self.stats["skipped_bytes"] += keep - i
-                return ~keep
+                break
             found = match.start()
-            verdict = chain_verdict(view, found, n, size, found == event_start)
+            verdict = chain_verdict(view, found, n, size, found in starts)
             if verdict == ACCEPT:
                 self.stats["skipped_bytes"] += found - i
                 self.state = S_HEADER
+                self._sync_starts = []
                 return found
             if verdict == MORE:
-                self.stats["skipped_bytes"] += found - i
-                return ~found
+                keep = found
+                break
             at = found + 1
+        self.stats["skipped_bytes"] += keep - i
+        self._sync_starts = [start - keep for start in starts[-16:] if start >= keep]
+        return ~keep
 
     def _on_closed(self, view, i: int) -> int:
         return len(view)

@@ -216,6 +216,18 @@ def test_a_gap_between_frames_resyncs_on_the_next_frames(split):
     assert sink.of("end")[-1] == ("end", 7)
 
 
+def test_resync_on_a_header_read_apart_from_its_payload():
+    # Go reads a frame's 9-byte header, then its payload: after a loss, neither event alone
+    # shows a chain, but the frame begins where one event begins and ends where the next ends.
+    encoder = Encoder()
+    reader, sink = reader_for(synced=False, complete=False)
+    frame = headers_frame(11, encoder, [(":method", "GET"), (":path", "/go")], end_stream=True)
+    reader.receive_data(frame[:9], 1)
+    assert not sink.events
+    reader.receive_data(frame[9:], 2)
+    assert sink.of("headers") == [("headers", 11, [(":method", "GET"), (":path", "/go")], True, 0)]
+
+
 def test_garbage_where_a_header_should_be_resyncs():
     encoder = Encoder()
     reader, sink = reader_for()

@@ -386,6 +386,8 @@ class MessageReader:
         self._first_line_ok = False   # HEAD: start line already validated while waiting for the rest
         self._line_start = True       # SYNC: the next byte begins a line
         self._next_flags = 0          # flags for the next message (bytes were skipped before it)
+        # OPAQUE: a reader to pass the bytes to instead of dropping them (h2c: the HTTP/2 reader).
+        self.divert = None
 
     def __repr__(self) -> str:
         return f"<MessageReader kind={self.kind} state={STATE_NAMES[self.state]} buffered={len(self.buffer)}>"
@@ -408,6 +410,8 @@ class MessageReader:
             if state == PAUSED:
                 self.deferred.append((self.receive_data, data, ts_ns))
                 self.deferred_bytes += len(data)
+            elif state == OPAQUE and self.divert is not None:
+                self.divert.receive_data(data, ts_ns)
             else:
                 self.stats["opaque_bytes"] += len(data)
             return
@@ -449,6 +453,8 @@ class MessageReader:
         if state >= OPAQUE:
             if state == PAUSED:
                 self.deferred.append((self.receive_missing, count, ts_ns, cause))
+            elif state == OPAQUE and self.divert is not None:
+                self.divert.receive_missing(count, ts_ns, cause)
             return
         bit = _BIT_OF_CAUSE[cause]
         b = self.message
@@ -499,15 +505,23 @@ class MessageReader:
             call(*args)     # each call re-defers itself if the reader paused again
 
     def go_opaque(self) -> None:
-        """The connection switched protocols: nothing more to parse in this direction."""
+        """The connection switched protocols: nothing more to parse in this direction (what is
+        held goes to `divert`, if set)."""
         if self.message is not None:
             b = self.message
             b.cut_off = True
             self._finish(next_state=OPAQUE)
-        self.stats["opaque_bytes"] += len(self.buffer) + self.deferred_bytes
+        held, waiting, waiting_bytes = self.buffer, self.deferred, self.deferred_bytes
         self.buffer = bytearray()
         self.deferred, self.deferred_bytes = [], 0
         self.state = OPAQUE
+        if self.divert is None:
+            self.stats["opaque_bytes"] += len(held) + waiting_bytes
+            return
+        if held:
+            self.divert.receive_data(bytes(held), self._buffer_ts)
+        for call, *args in waiting:
+            call(*args)         # OPAQUE now: each goes to `divert`
 
     def discard_buffer(self) -> int:
         """Memory pressure: drop unparsed bytes and resync after them; returns the bytes dropped."""
@@ -818,7 +832,10 @@ class MessageReader:
         return len(view)
 
     def _on_opaque(self, view, i: int) -> int:
-        self.stats["opaque_bytes"] += len(view) - i
+        if self.divert is not None and self.state == OPAQUE:
+            self.divert.receive_data(bytes(view[i:]), self._ts)
+        else:
+            self.stats["opaque_bytes"] += len(view) - i
         return len(view)
 
     def _on_paused(self, view, i: int) -> int:

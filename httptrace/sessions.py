@@ -2,9 +2,15 @@
 
 The `Reassembler` is what the loader talks to: it gets open/data/close events keyed by
 (pid, fd, tsid) and hands back `Exchange`s.  Per connection it keeps, for each direction, a
-`streams.DirectionStream` (orders events, finds gaps) feeding an `http1.MessageReader` (frames
-messages), and it is the readers' sink: it pairs each final response with the request it answers,
-decides the connection's role from who sends the requests, and turns finished pairs into exchanges.
+`streams.DirectionStream` (orders events, finds gaps) feeding that direction's reader, and a
+session implementing protocol.ProtocolSession.  Every connection starts as a `_Session` whose
+readers are `detect.Sniffer`s: its first bytes choose HTTP/1 (this module's `MessageReader`s and
+pairing) or HTTP/2 (an `h2streams.Http2Session` takes the key over); a `101` to `Upgrade: h2c`
+hands both directions to an Http2Session after the 101 exchange.
+
+For HTTP/1, `_Session` is the readers' sink: it pairs each final response with the request it
+answers, decides the connection's role from who sends the requests, and turns finished pairs into
+exchanges.
 
 Pairing.  HTTP/1.x answers requests in order, so without loss the answer is the oldest request still
 waiting.  Lost events (a jump in `pos`) hide how many messages went by, so counting alone goes wrong
@@ -35,7 +41,9 @@ from collections import deque
 
 import structlog
 
+from .detect import HTTP1, Sniffer
 from .exchange import Connection, Exchange, Role
+from .h2streams import Http2Session, upgrade_settings
 from .http1 import (EITHER, F_GAP, F_INCOMPLETE, F_MID_STREAM, F_TRUNCATED, LOST, NOT_VISIBLE, OPAQUE, PAUSED, REQUEST,
                     RESPONSE, TRUNCATED, MessageBuilder, MessageReader, decoded_body, flags_of,
                     switches_protocol)
@@ -54,7 +62,16 @@ _LOGGED_ERRORS = 10           # internal errors logged in full; the rest are onl
 _STAT_KEYS = ("exchanges", "incomplete", "gaps", "truncated", "parse_errors", "orphan_responses",
               "lost_requests", "lost_responses", "skipped_bytes", "framing_lost", "interim_responses",
               "upgrades", "opaque_bytes", "bodies_cut", "buffer_overflows", "evicted_requests",
-              "reordered", "duplicates", "internal_errors")
+              "reordered", "duplicates", "internal_errors", "http2_connections", "hpack_unknown_fields", "resets",
+              "refused_streams", "pushed_streams")
+
+
+def _tokens(value: str | None) -> list[str]:
+    return [token.strip().lower() for token in (value or "").split(",") if token.strip()]
+
+
+def _asks_h2c(request: MessageBuilder | None) -> bool:
+    return request is not None and "h2c" in _tokens(request.header("upgrade"))
 
 
 class _Pending:
@@ -90,8 +107,13 @@ class _Session:
             kinds = (RESPONSE, REQUEST)
         else:
             kinds = (EITHER, EITHER)
-        self.readers = tuple(MessageReader(kind, self, max_body=owner.max_body, max_header=owner.max_header,
-                                           mid_stream=mid_stream, stats=owner._stats) for kind in kinds)
+        self.message_readers = tuple(MessageReader(kind, self, max_body=owner.max_body, max_header=owner.max_header,
+                                                   mid_stream=mid_stream, stats=owner._stats) for kind in kinds)
+        # What the Reassembler feeds: stand-ins until the first bytes tell HTTP/1 from HTTP/2 (detect.py).
+        self.stand_ins = (Sniffer(self, EGRESS, not mid_stream), Sniffer(self, INGRESS, not mid_stream))
+        self.readers = self.stand_ins
+        self.sniffed: list = []       # calls the stand-ins held, in arrival order
+        self.successor: Http2Session | None = None   # after an h2c upgrade: where this connection went
         self.streams = tuple(DirectionStream(start, window=owner.reorder_window, timeout_ns=owner.reorder_timeout_ns,
                                              max_held_bytes=owner.max_connection_buffer) for _ in kinds)
         self.pending: deque[_Pending] = deque()
@@ -113,10 +135,56 @@ class _Session:
         self.feeding_request_gap = False
         self.resuming = False         # the request reader goes on after a would-be upgrade was refused
 
+    # -- the protocol -------------------------------------------------------------------------------
+
+    def protocol_found(self, protocol: int, client_direction: int | None, at_start: bool) -> None:
+        """The first bytes told (detect.py): hand what was held to the readers of that protocol."""
+        if protocol == HTTP1:
+            targets = self.message_readers
+            self.readers = targets
+        else:
+            targets = self.owner._start_http2(self, client_direction, at_start=at_start).readers
+        for stand_in, target in zip(self.stand_ins, targets):
+            stand_in.target = target
+        held, self.sniffed = self.sniffed, []
+        for direction, call, args in held:
+            getattr(targets[direction], call)(*args)
+
+    def describe(self, connection: Connection) -> None:
+        """The open event arrived after data: keep the state, take the better description."""
+        self.connection = connection
+        if self.role is Role.UNKNOWN and connection.role is not Role.UNKNOWN:
+            egress, ingress = self.message_readers
+            if egress.kind == EITHER and ingress.kind == EITHER:
+                client = connection.role is Role.CLIENT
+                egress.set_kind(REQUEST if client else RESPONSE)
+                ingress.set_kind(RESPONSE if client else REQUEST)
+                self._set_role(connection.role)
+                return
+        self._set_role(self.role)
+
+    def restarted(self) -> _Session:
+        """A fresh state for this connection, as if it had been caught mid-stream (after an internal error)."""
+        fresh = _Session(self.owner, self.key, self.exchange_connection, mid_stream=True, start=None)
+        fresh.last_ts = self.last_ts
+        return fresh
+
+    def _upgrade_to_http2(self, entry: _Pending) -> None:
+        """A 101 to `Upgrade: h2c`: the rest of both directions is HTTP/2, stream 1 answers `entry`."""
+        request_reader = self._request_reader()
+        client = self.message_readers.index(request_reader)
+        request = entry.request
+        self.successor = successor = self.owner._start_http2(
+            self, client, at_start=True, upgrade_request=request,
+            upgrade_settings=upgrade_settings(request.header("http2-settings")))
+        for reader, target in zip(self.message_readers, successor.readers):
+            reader.divert = target
+        request_reader.go_opaque()      # what it held after the upgrade request goes to HTTP/2
+
     # -- sink interface for the two MessageReaders --------------------------------------------------
 
     def kind_decided(self, reader: MessageReader) -> None:
-        egress, ingress = self.readers
+        egress, ingress = self.message_readers
         other = ingress if reader is egress else egress
         other.set_kind(RESPONSE if reader.kind == REQUEST else REQUEST)
         egress_sends_requests = (reader is egress) == (reader.kind == REQUEST)
@@ -155,7 +223,10 @@ class _Session:
         if switches_protocol(method, b.status):
             self.owner._stats["upgrades"] += 1
             self.paused_on = None
-            self._request_reader().go_opaque()
+            if b.status == 101 and _asks_h2c(entry.request) and _tokens(b.header("upgrade")) == ["h2c"]:
+                self._upgrade_to_http2(entry)
+            else:
+                self._request_reader().go_opaque()
         elif entry is self.paused_on:
             self.paused_on = None
             self._resume_requests()
@@ -207,7 +278,10 @@ class _Session:
 
     def lost_bytes(self, direction: int, gap: Gap) -> None:
         """Feed a gap where a message may have begun (not one inside a body of known length)."""
-        reader = self.readers[direction]
+        if self.successor is not None:
+            self.successor.lost_bytes(direction, gap)
+            return
+        reader = self.message_readers[direction]
         kind = reader.kind
         if kind == RESPONSE:
             self.response_gap = True
@@ -360,7 +434,7 @@ class _Session:
     # -- pairing and output -------------------------------------------------------------------------
 
     def _request_reader(self) -> MessageReader:
-        egress, ingress = self.readers
+        egress, ingress = self.message_readers
         return egress if egress.kind == REQUEST else ingress
 
     def _set_role(self, role: Role) -> None:
@@ -431,7 +505,9 @@ class _Session:
         # a response paired with the wrong request, their requests end without one.
         if self.tentative:
             self._undo_tentative()
-        for reader in self.readers:
+        if self.readers is self.stand_ins:
+            self.protocol_found(HTTP1, None, False)    # closed before its first bytes told: HTTP/1, the default
+        for reader in self.message_readers:
             if eof:
                 reader.receive_eof(ts_ns)
             else:
@@ -445,13 +521,16 @@ class _Session:
 
     def measure(self) -> tuple[int, int]:
         """(unparsed bytes, all buffered bytes) this connection holds now."""
-        egress, ingress = self.readers
+        egress, ingress = self.message_readers
         out_stream, in_stream = self.streams
+        sniffing = self.readers is self.stand_ins
         if not (self.pending or egress.message or ingress.message or egress.buffer or ingress.buffer
-                or out_stream.held or in_stream.held or egress.deferred or ingress.deferred):
+                or out_stream.held or in_stream.held or egress.deferred or ingress.deferred or sniffing):
             return 0, 0     # between exchanges, the usual state
         unparsed = (len(egress.buffer) + len(ingress.buffer) + egress.deferred_bytes + ingress.deferred_bytes
                     + out_stream.held_bytes + in_stream.held_bytes)
+        if sniffing:
+            unparsed += sum(len(reader.buffer) for reader in self.readers if reader.target is None)
         total = unparsed
         if egress.message is not None:
             total += egress.message.kept
@@ -468,7 +547,8 @@ class _Session:
 
     def bodies(self) -> list[MessageBuilder]:
         """Builders holding body bytes, for the global cap."""
-        found = [reader.message for reader in self.readers if reader.message is not None and reader.message.kept]
+        found = [reader.message for reader in self.message_readers
+                 if reader.message is not None and reader.message.kept]
         for entry in self.pending:
             for b in (entry.request, entry.response):
                 if b is not None and b.done and b.kept:
@@ -514,16 +594,7 @@ class Reassembler:
                                                start=0)
                 return
             # Its data came first (events out of order): keep the state, take the better description.
-            session.connection = connection
-            if session.role is Role.UNKNOWN and connection.role is not Role.UNKNOWN:
-                egress, ingress = session.readers
-                if egress.kind == EITHER and ingress.kind == EITHER:
-                    client = connection.role is Role.CLIENT
-                    egress.set_kind(REQUEST if client else RESPONSE)
-                    ingress.set_kind(RESPONSE if client else REQUEST)
-                    session._set_role(connection.role)
-                    return
-            session._set_role(session.role)
+            session.describe(connection)
         except Exception as error:
             self._internal_error(key, error)
 
@@ -738,9 +809,19 @@ class Reassembler:
             return
         self._holding.discard(key)
         try:
-            fresh = _Session(self, key, session.exchange_connection, mid_stream=True, start=None)
-            fresh.last_ts = session.last_ts
-            self._sessions[key] = fresh
+            self._sessions[key] = session.restarted()
         except Exception:
             pass
         self._recount()
+
+    def _start_http2(self, session: _Session, client_direction: int | None, *, at_start: bool,
+                     upgrade_request: MessageBuilder | None = None,
+                     upgrade_settings: dict | None = None) -> Http2Session:
+        """The connection of `session` turned out to be HTTP/2: its Http2Session takes over the key."""
+        successor = Http2Session(self, session.key, session.exchange_connection, streams=session.streams,
+                                 mid_stream=not at_start, client_direction=client_direction,
+                                 conn_flags=session.conn_flags, last_ts=session.last_ts, event_ts=session.event_ts,
+                                 upgrade_request=upgrade_request, upgrade_settings=upgrade_settings)
+        if self._sessions.get(session.key) is session:
+            self._sessions[session.key] = successor
+        return successor

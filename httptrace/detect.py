@@ -71,6 +71,13 @@ class Sniffer:
             return
         if not data:
             return
+        first = data[0]
+        if (not self.buffer and not self.session.sniffed and first != 0x50
+                and (first != 0 if self.at_start else 0x41 <= first <= 0x5A or 0x61 <= first <= 0x7A)):
+            # The common case, decided by the first byte with nothing held: no copy, no replay.
+            self.session.protocol_found(HTTP1, None, self.at_start)
+            self.target.receive_data(data, ts_ns)
+            return
         self.session.sniffed.append((self.direction, "receive_data", (data, ts_ns)))
         self.starts.append(len(self.buffer))
         self.buffer += data

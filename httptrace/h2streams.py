@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 
-from .exchange import (F_GAP, F_INCOMPLETE, F_PARSE_ERROR, F_PUSHED, F_REFUSED, F_RESET, Connection, Exchange,
+from .exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_PARSE_ERROR, F_PUSHED, F_REFUSED, F_RESET, Connection, Exchange,
                        Role, flags_of)
 from .grpc import MessageCounter, call_of, is_grpc
 from .http1 import MessageBuilder
@@ -152,7 +152,7 @@ class Http2Session:
         streams = tuple(DirectionStream(None, window=owner.reorder_window, timeout_ns=owner.reorder_timeout_ns,
                                         max_held_bytes=owner.max_connection_buffer) for _ in range(2))
         fresh = Http2Session(owner, self.key, self.exchange_connection, streams=streams, mid_stream=True,
-                             client_direction=self.client_direction, conn_flags=self.conn_flags)
+                             client_direction=self.client_direction, conn_flags=self.conn_flags | F_MID_STREAM)
         fresh.last_ts = self.last_ts
         return fresh
 
@@ -433,7 +433,7 @@ class Http2Session:
         self.owner._completed(exchange, bits)
 
 
-def upgrade_settings(value: str | None) -> dict:
+def parse_http2_settings(value: str | None) -> dict:
     """The HTTP2-Settings header of an h2c upgrade request: base64url SETTINGS payload -> {id: value}."""
     if not value:
         return {}

@@ -302,8 +302,10 @@ class FrameReader:
     # -- control from the session ------------------------------------------------------------------
 
     def set_max_frame_size(self, size: int) -> None:
+        """The receiving peer's SETTINGS_MAX_FRAME_SIZE.  The largest value seen is kept: a lower one
+        binds only once acknowledged, and frames already on their way may be longer."""
         if DEFAULT_MAX_FRAME_SIZE <= size <= LARGEST_FRAME:
-            self.max_frame_size = size
+            self.max_frame_size = max(self.max_frame_size, size)
             self.settings_known = True
 
     # -- the state machine -------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import structlog
 
 from .detect import HTTP1, Sniffer
 from .exchange import Connection, Exchange, Role
-from .h2streams import Http2Session, upgrade_settings
+from .h2streams import Http2Session, parse_http2_settings
 from .http1 import (EITHER, F_GAP, F_INCOMPLETE, F_MID_STREAM, F_TRUNCATED, LOST, NOT_VISIBLE, OPAQUE, PAUSED, REQUEST,
                     RESPONSE, TRUNCATED, MessageBuilder, MessageReader, decoded_body, flags_of,
                     switches_protocol)
@@ -176,7 +176,7 @@ class _Session:
         request = entry.request
         self.successor = successor = self.owner._start_http2(
             self, client, at_start=True, upgrade_request=request,
-            upgrade_settings=upgrade_settings(request.header("http2-settings")))
+            upgrade_settings=parse_http2_settings(request.header("http2-settings")))
         for reader, target in zip(self.message_readers, successor.readers):
             reader.divert = target
         request_reader.go_opaque()      # what it held after the upgrade request goes to HTTP/2

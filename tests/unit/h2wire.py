@@ -22,16 +22,11 @@ KEY = (4242, 7, 99)
 
 class Conversation:
     def __init__(self, *, client_settings=None, server_settings=None, connect=True):
+        """Connected with prior knowledge unless `connect` is False; *_settings: {setting id: value}."""
         config = dict(header_encoding=None, validate_outbound_headers=False, validate_inbound_headers=False,
                       normalize_outbound_headers=False)
         self.client = H2Connection(H2Configuration(client_side=True, **config))
         self.server = H2Connection(H2Configuration(client_side=False, **config))
-        self.client.local_settings.max_concurrent_streams = 10000
-        self.server.local_settings.max_concurrent_streams = 10000
-        if client_settings:
-            self.client.local_settings.update(client_settings)
-        if server_settings:
-            self.server.local_settings.update(server_settings)
         self.wire: list[tuple[int, bytes]] = []
         self.server_events: list = []
         self.client_events: list = []
@@ -39,6 +34,10 @@ class Conversation:
             self.client.initiate_connection()
             self.flush()
             self.server.initiate_connection()
+            self.flush()
+            # Sent as SETTINGS frames of their own (h2 applies them once acknowledged).
+            self.client.update_settings({4: 1 << 24, 3: 10000, **(client_settings or {})})
+            self.server.update_settings({4: 1 << 24, 3: 10000, **(server_settings or {})})
             self.flush()
 
     def flush(self) -> None:

@@ -2,6 +2,7 @@
 one byte at a time and in random pieces, with joins, losses and damage."""
 from __future__ import annotations
 
+import base64
 import random
 
 import pytest
@@ -268,7 +269,7 @@ def assert_never_wrong(got, truth) -> int:
     return flagged
 
 
-@pytest.mark.parametrize("start", [5, 40, 121, 300])
+@pytest.mark.parametrize("start", [9, 40, 121, 300])
 @pytest.mark.parametrize("split", ["whole", "random"])
 def test_joining_mid_connection_never_emits_a_wrong_field(start, split):
     c, truth = many_exchanges(200, seed=start)
@@ -503,3 +504,51 @@ def test_grpc_status_is_never_guessed():
     got, _ = replay(c.wire)                      # closed before any trailers
     [e] = got
     assert e.grpc.status is None and e.grpc.message is None and flags(e) == ["incomplete"]
+
+
+def test_max_frame_size_from_settings_is_followed():
+    c = Conversation(client_settings={SettingsFrame.MAX_FRAME_SIZE: 1 << 17})
+    c.exchange("/big", response=b"L" * 60_000)
+    assert any(len(data) > 50_000 for direction, data in c.wire if direction == INGRESS)   # one long DATA frame
+    for split in ("whole", "random"):
+        [e], r = replay(c.wire, split=split)
+        assert (e.response.body, flags(e), r.stats["parse_errors"]) == (b"L" * 60_000, [], 0)
+
+
+def test_max_frame_size_from_the_h2c_upgrade_header_is_followed():
+    c = Conversation(connect=False)
+    c.client.initiate_upgrade_connection()
+    settings_header = base64.urlsafe_b64encode(SettingsFrame(0, {SettingsFrame.MAX_FRAME_SIZE: 1 << 16})
+                                               .serialize_body()).rstrip(b"=")
+    c.raw(EGRESS, b"GET /up HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                  b"HTTP2-Settings: " + settings_header + b"\r\n\r\n")
+    c.server.initiate_upgrade_connection(settings_header)
+    c.raw(INGRESS, b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+    c.flush()
+    # A server that takes the header's 64 KiB frames at their word (h2 itself waits for SETTINGS).
+    c.raw(INGRESS, HeadersFrame(1, c.server.encoder.encode([(":status", "200")]), flags=["END_HEADERS"]).serialize()
+          + DataFrame(1, b"M" * 60_000, flags=["END_STREAM"]).serialize())
+    _, upgraded = replay(c.wire)[0]
+    assert (upgraded.response.body, flags(upgraded)) == (b"M" * 60_000, [])
+
+
+def test_an_internal_error_restarts_the_connection_mid_stream(monkeypatch):
+    from httptrace import h2streams
+    c = Conversation()
+    c.exchange("/one")
+    c.exchange("/two", headers=[("x-literal", "new")])
+    original = h2streams.Http2Session.h2_headers
+    calls = []
+
+    def explode_once(self, *args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return original(self, *args)
+
+    monkeypatch.setattr(h2streams.Http2Session, "h2_headers", explode_once)
+    got, r = replay(c.wire)
+    assert r.stats["internal_errors"] == 1
+    [e] = got           # the first exchange is lost with the state; the second comes out
+    assert e.request.target == "/two" and Flag.MID_STREAM in e.flags
+    assert e.request.header("x-literal") == "new"

@@ -1,7 +1,7 @@
 """The small interface a protocol stage implements for the Reassembler (sessions.py).
 
 Two protocols sit under one reassembler: HTTP/1 (`http1.MessageReader` per direction, pairing in
-`sessions._Session`) and HTTP/2 (`http2.FrameReader` per direction, streams in
+`h1pairing.Http1Session`) and HTTP/2 (`http2.FrameReader` per direction, streams in
 `h2streams.Http2Session`).  `detect.Sniffer` stands in for a direction's reader until a
 connection's first bytes say which.  The Reassembler orders each direction's events
 (`streams.DirectionStream`), keeps memory within its caps and never looks further than this:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 from hpack import Encoder
-from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, SettingsFrame
+from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from httptrace.exchange import Flag, Role

@@ -52,7 +52,7 @@ class MessageCounter:
                 start += take
                 continue
             need = 5 - len(self._prefix)
-            prefix = self._prefix + bytes(view[start:start + need])
+            prefix = self._prefix + bytes(view[start:min(stop, start + need)])
             start += len(prefix) - len(self._prefix)
             if len(prefix) < 5:
                 self._prefix = prefix
@@ -95,7 +95,8 @@ def call_of(request, response, request_counter: MessageCounter | None,
         for fields in (response.trailers, response.headers):
             raw_status = header_value(fields, "grpc-status")
             if raw_status is not None:
-                status = int(raw_status) if raw_status.isascii() and raw_status.isdigit() and len(raw_status) < 10 else None
+                plain = raw_status.isascii() and raw_status.isdigit() and len(raw_status) < 10
+                status = int(raw_status) if plain else None
                 raw_message = header_value(fields, "grpc-message")
                 message = percent_decoded(raw_message) if raw_message is not None else None
                 break

@@ -24,8 +24,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 
-from .exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_PARSE_ERROR, F_PUSHED, F_REFUSED, F_RESET, Connection, Exchange,
-                       Role, flags_of)
+from .exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_PARSE_ERROR, F_PUSHED, F_REFUSED, F_RESET, Connection,
+                       Exchange, Role, flags_of)
 from .grpc import MessageCounter, call_of, is_grpc
 from .http1 import MessageBuilder
 from .http2 import LOST, SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_FRAME_SIZE, FrameReader

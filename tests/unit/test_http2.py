@@ -470,10 +470,11 @@ def test_grpc_unary_and_server_streaming(split):
               trailers=[("grpc-status", "0"), ("grpc-message", "")])
     streaming = c.request("/pkg.v1.Feed/Watch", "POST", GRPC, grpc_message(b"q"))
     c.server.send_headers(streaming, [(":status", "200"), ("content-type", "application/grpc+proto")])
-    # Three messages (one over 16 KiB), cut into DATA frames at boundaries unrelated to them.
+    # Three messages (one over 16 KiB) in DATA frames cut anywhere, inside length prefixes too.
     stream_bytes = grpc_message(b"1" * 10) + grpc_message(b"2" * 20000, compressed=True) + grpc_message(b"")
-    for at in range(0, len(stream_bytes), 7000):
-        c.send_body(c.server, streaming, stream_bytes[at:at + 7000], end_stream=False)
+    cuts = [0, 17, 8000, 20022, len(stream_bytes)]
+    for at, end in zip(cuts, cuts[1:]):
+        c.server.send_data(streaming, stream_bytes[at:end])     # one write: frames follow each other
     c.server.send_headers(streaming, [("grpc-status", "14"), ("grpc-message", "backend%20down%3A%20%E2%9C%97")],
                           end_stream=True)
     c.flush()
@@ -484,6 +485,21 @@ def test_grpc_unary_and_server_streaming(split):
     assert (many.grpc.status, many.grpc.message) == (14, "backend down: \u2717")
     assert (many.grpc.request_messages, many.grpc.response_messages, many.grpc.compressed) == (1, 3, True)
     assert many.response.body == stream_bytes and many.response.trailers[0] == ("grpc-status", "14")
+
+
+def test_grpc_messages_across_many_small_frames():
+    c = Conversation()
+    stream_id = c.request("/pkg.Svc/Chat", "POST", GRPC, end_stream=False)
+    sent = b"".join(grpc_message(bytes([i]) * i, compressed=i % 7 == 0) for i in range(1, 40))
+    for at in range(0, len(sent), 13):          # one write, frames cut every 13 bytes
+        c.client.send_data(stream_id, sent[at:at + 13])
+    c.client.send_data(stream_id, b"", end_stream=True)
+    c.flush()
+    c.respond(stream_id, 200, [("content-type", "application/grpc")], trailers=[("grpc-status", "0")])
+    for split in SPLITS:
+        [e], _ = replay(c.wire, split=split)
+        assert (e.grpc.request_messages, e.grpc.response_messages, e.grpc.compressed, e.grpc.status) == (39, 0, True, 0)
+        assert e.request.body == sent
 
 
 def test_grpc_trailers_only_response():

@@ -98,7 +98,7 @@ def call_of(request, response, request_counter: MessageCounter | None,
                 plain = raw_status.isascii() and raw_status.isdigit() and len(raw_status) < 10
                 status = int(raw_status) if plain else None
                 raw_message = header_value(fields, "grpc-message")
-                message = percent_decoded(raw_message) if raw_message is not None else None
+                message = percent_decoded(raw_message) if raw_message else None    # empty: no message
                 break
     return GrpcCall(service, method, status, message,
                     request_counter.messages if request_counter is not None else 0,

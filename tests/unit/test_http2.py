@@ -479,7 +479,7 @@ def test_grpc_unary_and_server_streaming(split):
                           end_stream=True)
     c.flush()
     one, many = replay(c.wire, split=split)[0]
-    assert one.grpc == (("helloworld.Greeter", "SayHello", 0, "", 1, 1, False))
+    assert one.grpc == (("helloworld.Greeter", "SayHello", 0, None, 1, 1, False))     # an empty message is none
     assert one.response.body == grpc_message(b"\x0a\x0bhello world")       # raw, prefixes included
     assert many.grpc.service == "pkg.v1.Feed" and many.grpc.method == "Watch"
     assert (many.grpc.status, many.grpc.message) == (14, "backend down: \u2717")

@@ -1,9 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Kernel agent: turns socket syscalls of HTTP connections into open / data / close events.
  *
- * Hooks are syscall tracepoints (the kernels we target have no kprobes). Data syscalls are hooked on exit
- * only: the arguments are read back from the task's saved user registers (bpf_task_pt_regs), which saves a
- * per-thread stash map and one program run per syscall (measured: 0.89 vs 0.83 of untraced throughput).
+ * Hooks are syscall tracepoints (the kernels we target have no kprobes) and, for TLS, uprobes. The data
+ * syscalls come in two families of programs in this one object; user space loads one of them, chosen by
+ * probing the kernel's helpers (programs declared SEC("?...") are not loaded unless asked for):
+ *   fast   (5.17+) exit-only: the arguments are read back from the task's saved user registers
+ *          (bpf_task_pt_regs), one program run per syscall, and bpf_loop walks the payload;
+ *   compat (5.8+)  sys_enter_* stashes the arguments per thread, sys_exit_* acts on them, and a loop
+ *          bounded at compile time walks the payload. Nothing in these programs may even mention
+ *          bpf_loop: a 5.10 verifier rejects its callback in dead code too.
+ * Programs that need neither (accept, close, the TLS entry probes) serve both families.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -23,9 +29,16 @@ char LICENSE[] SEC("license") = "GPL";
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
 
-/* Tries to find an HTTP start line on a connection that was open before we attached: its first bytes we
- * see may be the middle of a body. A connection we saw from accept()/connect() gets one try. */
+/* Tries to find an HTTP/1 start line or HTTP/2 frames on a connection that was open before we attached:
+ * its first bytes we see may be the middle of a body. A connection we saw from accept()/connect() gets
+ * one try. */
 #define MID_STREAM_TRIES 16
+
+/* The compat family's copy loop is unrolled by the verifier, so its bound is fixed here: enough steps for
+ * the default --max-body (16 MiB + 64 KiB of headers) in one syscall, plus HT_MAX_IOV iovecs. Bytes
+ * beyond the steps are reported as not copied (truncation, never loss). */
+#define COMPAT_MAX_CHUNKS 514
+#define COMPAT_COPY_STEPS (COMPAT_MAX_CHUNKS + 2 * HT_MAX_IOV + 2)
 
 const volatile struct ht_config ht_cfg = {
 	.max_copy = 64 << 20,
@@ -135,7 +148,8 @@ static __always_inline bool port_wanted(struct sock *sk)
 /* fd -> struct sock of a TCP socket over IPv4/IPv6, or NULL for anything else. */
 static __always_inline struct sock *tcp_sock_of_fd(int fd)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	/* Not the _btf variant (5.11): the reads below are CO-RE probe reads either way. */
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
 		return NULL;
@@ -199,6 +213,80 @@ static __always_inline bool is_http_start(const __u8 *b)
 	return b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[5] == '1' && b[6] == '.';
 }
 
+/* ---- HTTP/2: recognised here only so its bytes are reported; user space reads the frames ---------- */
+
+#define H2_FRAME_HEADER 9
+#define H2_DEFAULT_MAX_FRAME 16384
+#define H2_MAX_CHAIN 8 /* frame headers walked to recognise a connection joined mid-stream */
+enum { H2_DATA, H2_HEADERS, H2_PRIORITY, H2_RST_STREAM, H2_SETTINGS, H2_PUSH_PROMISE, H2_PING, H2_GOAWAY,
+       H2_WINDOW_UPDATE, H2_CONTINUATION };
+
+/* The client connection preface, all 24 bytes: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", as three
+ * little-endian words (the BPF target is little-endian on x86-64 and arm64; a string constant would
+ * land in .rodata, which holds the config). */
+static __always_inline bool is_h2_preface(__u64 buf, __u64 len)
+{
+	__u64 w[3];
+	if (len < sizeof(w) || bpf_probe_read_user(w, sizeof(w), (void *)buf))
+		return false;
+	return w[0] == 0x5448202a20495250ULL && w[1] == 0x0a0d302e322f5054ULL && w[2] == 0x0a0d0a0d4d530a0dULL;
+}
+
+/* A frame header (RFC 9113 4.1) that could be real: a known type, the R bit clear, a length within
+ * the default maximum (fixed for the types that have one), on stream 0 exactly for the connection's
+ * own frames. Returns the payload length, or -1. */
+static __always_inline long h2_frame_length(const __u8 *h)
+{
+	__u32 len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
+	__u8 type = h[3];
+	bool stream0 = h[5] == 0 && h[6] == 0 && h[7] == 0 && h[8] == 0;
+	if (type > H2_CONTINUATION || (h[5] & 0x80) || len > H2_DEFAULT_MAX_FRAME)
+		return -1;
+	bool connection_frame = type == H2_SETTINGS || type == H2_PING || type == H2_GOAWAY;
+	if (type != H2_WINDOW_UPDATE && connection_frame != stream0)
+		return -1;
+	if ((type == H2_SETTINGS && len % 6) || (type == H2_PING && len != 8) ||
+	    ((type == H2_RST_STREAM || type == H2_WINDOW_UPDATE) && len != 4) || (type == H2_PRIORITY && len != 5))
+		return -1;
+	return len;
+}
+
+/* The server's first frame: SETTINGS (not an ACK) on stream 0. */
+static __always_inline bool is_h2_settings_start(const __u8 *h)
+{
+	return h[3] == H2_SETTINGS && h[4] == 0 && h2_frame_length(h) >= 0;
+}
+
+/* A connection joined mid-stream: whole plausible frames that end exactly where the bytes end. Never
+ * one header alone: Go reads a frame's 9-byte header and its payload in separate syscalls. */
+static __always_inline bool is_h2_frame_chain(__u64 buf, __u64 len)
+{
+	__u64 off = 0;
+	for (int i = 0; i < H2_MAX_CHAIN; i++) {
+		__u8 h[H2_FRAME_HEADER];
+		if (off + sizeof(h) > len || bpf_probe_read_user(h, sizeof(h), (void *)(buf + off)))
+			return false;
+		long n = h2_frame_length(h);
+		if (n < 0)
+			return false;
+		off += sizeof(h) + n;
+		if (off == len)
+			return true;
+	}
+	return false;
+}
+
+/* Whether a connection's first bytes we see (len at buf) start HTTP/1 or HTTP/2. */
+static __always_inline bool is_http(__u64 buf, __u64 len, bool mid_stream)
+{
+	__u8 head[H2_FRAME_HEADER];
+	if (len < sizeof(head) || bpf_probe_read_user(head, sizeof(head), (void *)buf))
+		return false;
+	if (is_http_start(head) || is_h2_settings_start(head) || is_h2_preface(buf, len))
+		return true;
+	return mid_stream && is_h2_frame_chain(buf, len);
+}
+
 static __always_inline void send_open(struct ht_conn_info *ci)
 {
 	struct ht_open_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -226,6 +314,7 @@ static __always_inline void send_open(struct ht_conn_info *ci)
 		bpf_core_read(e->remote_addr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_ringbuf_submit(e, wakeup_flag());
 	ci->open_sent = 1;
 }
@@ -316,6 +405,25 @@ static long copy_step(__u32 index, void *unused)
 	return 0;
 }
 
+/* compat: the steps as global functions, which the verifier checks once each, on their own: a loop
+ * around one costs a few instructions per turn instead of every path through its body (inlined, the
+ * copy loop took 314k of the 1M instructions a verifier allows, twice that in the TLS return probe;
+ * one level of this, 68k and 15 s to load under QEMU on 5.10). Both return 1 when the copy is done. */
+__noinline int compat_copy_step(__u32 index)
+{
+	return copy_step(index, NULL);
+}
+
+#define COMPAT_STEPS_PER_CALL 64
+
+__noinline int compat_copy_steps(__u32 index)
+{
+	for (__u32 i = 0; i < COMPAT_STEPS_PER_CALL; i++)
+		if (compat_copy_step(i))
+			return 1;
+	return 0;
+}
+
 /* Bytes of this syscall that were not copied (cap, more than HT_MAX_IOV segments, sendfile) travel in a
  * payload-less event, so user space can tell truncation from loss. */
 static __always_inline void send_not_copied(struct ht_conn_info *ci, __u8 direction, __u64 pos, __u64 count,
@@ -342,19 +450,18 @@ static __always_inline void send_not_copied(struct ht_conn_info *ci, __u8 direct
 /* Reports `ret` bytes at buf (or in the iovec array iov) on a connection: classifies it on its first
  * bytes, sends the open event once, then the payload in chunks. */
 static __always_inline int capture(struct ht_conn_info *ci, long ret, __u64 buf, __u64 iov, __u64 iov_count,
-				   __u8 direction, __u8 flags)
+				   __u8 direction, __u8 flags, bool compat)
 {
+	__u64 first_len = ret; /* bytes at buf: the first iovec's, for an iovec array */
 	if (iov) {
 		struct iovec first;
 		if (bpf_probe_read_user(&first, sizeof(first), (void *)iov))
 			return 0;
 		buf = (__u64)first.iov_base;
+		first_len = first.iov_len < (__u64)ret ? first.iov_len : (__u64)ret;
 	}
 	if (ci->state == HT_CONN_UNKNOWN) {
-		__u8 head[8];
-		if (ret < (long)sizeof(head) || bpf_probe_read_user(head, sizeof(head), (void *)buf))
-			return 0;
-		if (!is_http_start(head)) {
+		if (!is_http(buf, first_len, ci->role_hint == HT_ROLE_UNKNOWN)) {
 			ci->tries++;
 			if (ci->role_hint != HT_ROLE_UNKNOWN || ci->tries >= MID_STREAM_TRIES)
 				ci->state = HT_CONN_IGNORED;
@@ -381,8 +488,15 @@ static __always_inline int capture(struct ht_conn_info *ci, long ret, __u64 buf,
 	st->filled = 0;
 	st->direction = direction;
 	st->flags = flags;
-	/* steps: one per chunk, one per iovec to read it, one per iovec that ends a partial chunk */
-	bpf_loop(ht_cfg.max_copy / HT_CHUNK_SIZE + 2 * HT_MAX_IOV + 2, copy_step, NULL, 0);
+	/* steps: one per chunk, one per iovec to read it, one per iovec that ends a partial chunk.
+	 * `compat` is a constant in every program, so each gets exactly one of these loops. */
+	if (compat) {
+		for (__u32 i = 0; i < COMPAT_COPY_STEPS / COMPAT_STEPS_PER_CALL + 1; i++)
+			if (compat_copy_steps(i))
+				break;
+	} else {
+		bpf_loop(ht_cfg.max_copy / HT_CHUNK_SIZE + 2 * HT_MAX_IOV + 2, copy_step, NULL, 0);
+	}
 	__u32 cpu = bpf_get_smp_processor_id();
 	struct scratch_event *s = bpf_map_lookup_elem(&scratch, &cpu);
 	if (s)
@@ -419,18 +533,38 @@ struct {
 	__type(value, struct tls_call);
 } tls_calls SEC(".maps");
 
+/* compat: a data syscall's arguments from sys_enter_* to its sys_exit_*, per thread. Only syscalls on
+ * connections that may be captured are stashed; once taken, the entry stays with fd = NO_ARGS, so the
+ * exit of a thread's every other syscall finds it and stops at one lookup. A thread without an entry has
+ * not been seen since the tracer attached: its syscall may have entered before (a server blocked in
+ * read() on a keep-alive connection), and its arguments are found another way (stack_top_regs). */
+#define NO_ARGS (~0ULL)
+
+struct syscall_args {
+	__u64 fd;
+	__u64 arg2; /* buf, iov or msghdr */
+	__u64 arg3; /* count, iovcnt or flags */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct syscall_args);
+} stashed_args SEC(".maps");
+
+/* fast: x86-64 syscall arguments di, si, dx, read from the task's saved user registers. */
 static __always_inline struct pt_regs *syscall_regs(void)
 {
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
-
-/* x86-64 syscall arguments: di, si, dx, r10, r8, r9, read from the saved user registers.
- * The contexts are struct syscall_trace_exit/_enter, the layout syscall tracepoints really have, not
- * trace_event_raw_sys_exit: on PREEMPT_RT kernels the two differ and CO-RE would move `ret` past the
- * event (attach then fails with EACCES). */
 #define ARG1(r) BPF_CORE_READ(r, di)
 #define ARG2(r) BPF_CORE_READ(r, si)
 #define ARG3(r) BPF_CORE_READ(r, dx)
+
+/* The contexts are struct syscall_trace_exit/_enter, the layout syscall tracepoints really have, not
+ * trace_event_raw_sys_exit: on PREEMPT_RT kernels the two differ and CO-RE would move `ret` past the
+ * event (attach then fails with EACCES). */
 
 enum buffer_kind {
 	BUF_PLAIN, /* (fd, buf, count): read, write, recvfrom, sendto */
@@ -438,110 +572,207 @@ enum buffer_kind {
 	BUF_MSG,   /* (fd, msghdr, flags): recvmsg, sendmsg */
 };
 
-/* The common path of every data syscall. Cheapest checks first: most syscalls on a host fail (EAGAIN)
- * or belong to processes and sockets we ignore, and must cost as little as possible. */
-static __always_inline int on_data(long ret, enum buffer_kind kind, __u8 direction)
+/* The connection a data syscall on fd may be captured on, or NULL. A syscall made inside a TLS library
+ * call carries ciphertext: it only tells that call its fd, and is not captured. */
+static __always_inline struct ht_conn_info *data_conn(__u64 pid_tgid, int fd)
 {
-	if (ret <= 0)
-		return 0;
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	if (!process_wanted(tgid))
-		return 0;
-	struct pt_regs *r = syscall_regs();
-	int fd = ARG1(r);
 	if (ht_cfg.tls) {
 		__u32 tid = pid_tgid;
 		struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &tid);
 		if (call) {
-			call->fd = fd; /* ciphertext; the plaintext is reported when the TLS call returns */
-			return 0;
+			call->fd = fd; /* the plaintext is reported when the TLS call returns */
+			return NULL;
 		}
 	}
-	struct ht_conn_info *ci = lookup_or_track(tgid, fd);
+	struct ht_conn_info *ci = lookup_or_track(pid_tgid >> 32, fd);
 	if (!ci || ci->state == HT_CONN_IGNORED || ci->tls)
-		return 0;
+		return NULL;
+	return ci;
+}
+
+static __always_inline int capture_syscall(struct ht_conn_info *ci, long ret, __u64 arg2, __u64 arg3,
+					   enum buffer_kind kind, __u8 direction, bool compat)
+{
 	__u64 buf = 0, iov = 0, iov_count = 0;
 	if (kind == BUF_PLAIN) {
-		buf = ARG2(r);
+		buf = arg2;
 	} else if (kind == BUF_IOV) {
-		iov = ARG2(r);
-		iov_count = ARG3(r);
+		iov = arg2;
+		iov_count = arg3;
 	} else {
 		struct user_msghdr msg;
-		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)ARG2(r)))
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)arg2))
 			return 0;
 		iov = (__u64)msg.msg_iov;
 		iov_count = msg.msg_iovlen;
 	}
-	return capture(ci, ret, buf, iov, iov_count, direction, 0);
+	return capture(ci, ret, buf, iov, iov_count, direction, 0, compat);
 }
 
-SEC("tracepoint/syscalls/sys_exit_read")
-int exit_read(struct syscall_trace_exit *ctx)
+/* fast: the whole of a data syscall at its exit. Cheapest checks first: most syscalls on a host fail
+ * (EAGAIN) or belong to processes and sockets we ignore, and must cost as little as possible. */
+static __always_inline int fast_data(long ret, enum buffer_kind kind, __u8 direction)
 {
-	return on_data(ctx->ret, BUF_PLAIN, HT_INGRESS);
+	if (ret <= 0)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!process_wanted(pid_tgid >> 32))
+		return 0;
+	struct pt_regs *r = syscall_regs();
+	struct ht_conn_info *ci = data_conn(pid_tgid, ARG1(r));
+	if (!ci)
+		return 0;
+	return capture_syscall(ci, ret, ARG2(r), ARG3(r), kind, direction, false);
 }
 
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(struct syscall_trace_exit *ctx)
+/* compat, at entry: remember the arguments of a syscall whose bytes may be captured. */
+static __always_inline int compat_data_enter(struct syscall_trace_enter *ctx)
 {
-	return on_data(ctx->ret, BUF_PLAIN, HT_INGRESS);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!process_wanted(pid_tgid >> 32))
+		return 0;
+	if (!data_conn(pid_tgid, ctx->args[0]))
+		return 0;
+	struct syscall_args args = {.fd = ctx->args[0], .arg2 = ctx->args[1], .arg3 = ctx->args[2]};
+	bpf_map_update_elem(&stashed_args, &pid_tgid, &args, BPF_ANY);
+	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_write")
-int exit_write(struct syscall_trace_exit *ctx)
+/* compat, at exit: the arguments its entry stashed, taken (the entry is left as NO_ARGS). */
+static __always_inline bool take_args(struct syscall_args *stashed, struct syscall_args *out)
 {
-	return on_data(ctx->ret, BUF_PLAIN, HT_EGRESS);
+	if (!stashed || stashed->fd == NO_ARGS)
+		return false;
+	*out = *stashed;
+	stashed->fd = NO_ARGS;
+	return true;
 }
 
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int exit_sendto(struct syscall_trace_exit *ctx)
+/* compat: the user registers of the current syscall where kernels before 5.15 keep them, at the top of
+ * the task's kernel stack (x86-64: stack + THREAD_SIZE, 16 KiB, or 32 KiB with KASAN). Trusted only if
+ * the syscall number saved there is this syscall's. */
+static __always_inline struct pt_regs *stack_top_regs(int nr)
 {
-	return on_data(ctx->ret, BUF_PLAIN, HT_EGRESS);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 stack = (__u64)BPF_CORE_READ(task, stack);
+	struct pt_regs *regs = (struct pt_regs *)(stack + (16 << 10)) - 1;
+	if (BPF_CORE_READ(regs, orig_ax) == nr)
+		return regs;
+	regs = (struct pt_regs *)(stack + (32 << 10)) - 1;
+	return BPF_CORE_READ(regs, orig_ax) == nr ? regs : NULL;
 }
 
-SEC("tracepoint/syscalls/sys_exit_readv")
-int exit_readv(struct syscall_trace_exit *ctx)
+/* compat: the first syscall exit of a thread since the tracer attached. */
+static __always_inline int compat_first_exit(struct syscall_trace_exit *ctx, __u64 pid_tgid,
+					     enum buffer_kind kind, __u8 direction)
 {
-	return on_data(ctx->ret, BUF_IOV, HT_INGRESS);
+	struct syscall_args none;
+	__builtin_memset(&none, 0xff, sizeof(none)); /* fd = NO_ARGS; not an initializer, which clang would
+						      * put in .rodata, where user space writes the config */
+	bpf_map_update_elem(&stashed_args, &pid_tgid, &none, BPF_NOEXIST);
+	if (ctx->ret <= 0 || !process_wanted(pid_tgid >> 32))
+		return 0;
+	struct pt_regs *r = stack_top_regs(ctx->nr);
+	if (!r)
+		return 0;
+	struct ht_conn_info *ci = data_conn(pid_tgid, ARG1(r));
+	if (!ci)
+		return 0;
+	return capture_syscall(ci, ctx->ret, ARG2(r), ARG3(r), kind, direction, true);
 }
 
-SEC("tracepoint/syscalls/sys_exit_writev")
-int exit_writev(struct syscall_trace_exit *ctx)
+static __always_inline int compat_data_exit(struct syscall_trace_exit *ctx, enum buffer_kind kind,
+					    __u8 direction)
 {
-	return on_data(ctx->ret, BUF_IOV, HT_EGRESS);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct syscall_args *stashed = bpf_map_lookup_elem(&stashed_args, &pid_tgid);
+	if (!stashed)
+		return compat_first_exit(ctx, pid_tgid, kind, direction);
+	struct syscall_args args;
+	if (!take_args(stashed, &args) || ctx->ret <= 0)
+		return 0;
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | (__u32)args.fd;
+	struct ht_conn_info *ci = bpf_map_lookup_elem(&conns, &key);
+	if (!ci || ci->state == HT_CONN_IGNORED || ci->tls)
+		return 0;
+	return capture_syscall(ci, ctx->ret, args.arg2, args.arg3, kind, direction, true);
 }
 
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int exit_recvmsg(struct syscall_trace_exit *ctx)
+/* Each data syscall: the fast program on exit, and the compat pair on entry and exit. */
+#define DATA_SYSCALL(name, kind, direction)                                                              \
+	SEC("?tracepoint/syscalls/sys_exit_" #name)                                                      \
+	int exit_##name(struct syscall_trace_exit *ctx)                                                  \
+	{                                                                                                \
+		return fast_data(ctx->ret, kind, direction);                                             \
+	}                                                                                                \
+	SEC("?tracepoint/syscalls/sys_enter_" #name)                                                     \
+	int compat_enter_##name(struct syscall_trace_enter *ctx)                                         \
+	{                                                                                                \
+		return compat_data_enter(ctx);                                                           \
+	}                                                                                                \
+	SEC("?tracepoint/syscalls/sys_exit_" #name)                                                      \
+	int compat_exit_##name(struct syscall_trace_exit *ctx)                                           \
+	{                                                                                                \
+		return compat_data_exit(ctx, kind, direction);                                           \
+	}
+
+DATA_SYSCALL(read, BUF_PLAIN, HT_INGRESS)
+DATA_SYSCALL(recvfrom, BUF_PLAIN, HT_INGRESS)
+DATA_SYSCALL(write, BUF_PLAIN, HT_EGRESS)
+DATA_SYSCALL(sendto, BUF_PLAIN, HT_EGRESS)
+DATA_SYSCALL(readv, BUF_IOV, HT_INGRESS)
+DATA_SYSCALL(writev, BUF_IOV, HT_EGRESS)
+DATA_SYSCALL(recvmsg, BUF_MSG, HT_INGRESS)
+DATA_SYSCALL(sendmsg, BUF_MSG, HT_EGRESS)
+
+/* sendfile: its bytes never pass through user memory; a connection is classified by bytes we can see,
+ * so sendfile only advances an HTTP connection's position. */
+static __always_inline struct ht_conn_info *http_conn(__u64 pid_tgid, int fd)
 {
-	return on_data(ctx->ret, BUF_MSG, HT_INGRESS);
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | (__u32)fd;
+	struct ht_conn_info *ci = bpf_map_lookup_elem(&conns, &key);
+	return ci && ci->state == HT_CONN_HTTP ? ci : NULL;
 }
 
-SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int exit_sendmsg(struct syscall_trace_exit *ctx)
+static __always_inline int sent_file(struct ht_conn_info *ci, long ret)
 {
-	return on_data(ctx->ret, BUF_MSG, HT_EGRESS);
+	send_not_copied(ci, HT_EGRESS, ci->pos[HT_EGRESS], ret, HT_DATA_NOT_VISIBLE);
+	ci->pos[HT_EGRESS] += ret;
+	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_sendfile64")
+SEC("?tracepoint/syscalls/sys_exit_sendfile64")
 int exit_sendfile(struct syscall_trace_exit *ctx)
 {
 	if (ctx->ret <= 0)
 		return 0;
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!process_wanted(tgid))
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!process_wanted(pid_tgid >> 32))
 		return 0;
-	struct pt_regs *r = syscall_regs();
-	int out_fd = ARG1(r);
-	__u64 key = ((__u64)tgid << 32) | (__u32)out_fd;
-	struct ht_conn_info *ci = bpf_map_lookup_elem(&conns, &key);
-	if (!ci || ci->state != HT_CONN_HTTP)
-		return 0; /* a connection is classified by bytes we can see; sendfile never starts one */
-	send_not_copied(ci, HT_EGRESS, ci->pos[HT_EGRESS], ctx->ret, HT_DATA_NOT_VISIBLE);
-	ci->pos[HT_EGRESS] += ctx->ret;
+	struct ht_conn_info *ci = http_conn(pid_tgid, ARG1(syscall_regs()));
+	return ci ? sent_file(ci, ctx->ret) : 0;
+}
+
+SEC("?tracepoint/syscalls/sys_enter_sendfile64")
+int compat_enter_sendfile(struct syscall_trace_enter *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!process_wanted(pid_tgid >> 32) || !http_conn(pid_tgid, ctx->args[0]))
+		return 0;
+	struct syscall_args args = {.fd = ctx->args[0]};
+	bpf_map_update_elem(&stashed_args, &pid_tgid, &args, BPF_ANY);
 	return 0;
+}
+
+SEC("?tracepoint/syscalls/sys_exit_sendfile64")
+int compat_exit_sendfile(struct syscall_trace_exit *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct syscall_args args;
+	if (!take_args(bpf_map_lookup_elem(&stashed_args, &pid_tgid), &args) || ctx->ret <= 0)
+		return 0;
+	struct ht_conn_info *ci = http_conn(pid_tgid, args.fd);
+	return ci ? sent_file(ci, ctx->ret) : 0;
 }
 
 static __always_inline int on_new_socket(int fd, __u8 role_hint)
@@ -554,6 +785,7 @@ static __always_inline int on_new_socket(int fd, __u8 role_hint)
 	return 0;
 }
 
+/* accept's fd is its return value: one program serves both families. */
 SEC("tracepoint/syscalls/sys_exit_accept")
 int exit_accept(struct syscall_trace_exit *ctx)
 {
@@ -566,14 +798,37 @@ int exit_accept4(struct syscall_trace_exit *ctx)
 	return ctx->ret < 0 ? 0 : on_new_socket(ctx->ret, HT_ROLE_SERVER);
 }
 
-SEC("tracepoint/syscalls/sys_exit_connect")
+/* A non-blocking connect that is still under way has succeeded as far as we are concerned. */
+static __always_inline bool connected(long ret)
+{
+	return ret == 0 || ret == -EINPROGRESS;
+}
+
+SEC("?tracepoint/syscalls/sys_exit_connect")
 int exit_connect(struct syscall_trace_exit *ctx)
 {
-	/* A non-blocking connect that is still under way has succeeded as far as we are concerned. */
-	if (ctx->ret != 0 && ctx->ret != -EINPROGRESS)
+	return connected(ctx->ret) ? on_new_socket(ARG1(syscall_regs()), HT_ROLE_CLIENT) : 0;
+}
+
+SEC("?tracepoint/syscalls/sys_enter_connect")
+int compat_enter_connect(struct syscall_trace_enter *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!process_wanted(pid_tgid >> 32))
 		return 0;
-	struct pt_regs *r = syscall_regs();
-	return on_new_socket(ARG1(r), HT_ROLE_CLIENT);
+	struct syscall_args args = {.fd = ctx->args[0]};
+	bpf_map_update_elem(&stashed_args, &pid_tgid, &args, BPF_ANY);
+	return 0;
+}
+
+SEC("?tracepoint/syscalls/sys_exit_connect")
+int compat_exit_connect(struct syscall_trace_exit *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct syscall_args args;
+	if (!take_args(bpf_map_lookup_elem(&stashed_args, &pid_tgid), &args))
+		return 0;
+	return connected(ctx->ret) ? on_new_socket(args.fd, HT_ROLE_CLIENT) : 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_close")
@@ -632,7 +887,7 @@ static __always_inline int tls_enter(void *ssl, const void *buf, size_t *size_ou
 	return 0;
 }
 
-static __always_inline int tls_exit(long rc)
+static __always_inline int tls_exit(long rc, bool compat)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = pid_tgid, tgid = pid_tgid >> 32;
@@ -672,7 +927,7 @@ static __always_inline int tls_exit(long rc)
 	}
 	if (ci->state == HT_CONN_IGNORED)
 		return 0;
-	return capture(ci, n, call.buf, 0, 0, call.direction, HT_DATA_TLS);
+	return capture(ci, n, call.buf, 0, 0, call.direction, HT_DATA_TLS, compat);
 }
 
 SEC("uprobe")
@@ -699,8 +954,15 @@ int BPF_KPROBE(ssl_read_ex_enter, void *ssl, void *buf, size_t num, size_t *read
 	return tls_enter(ssl, buf, readbytes, HT_INGRESS);
 }
 
-SEC("uretprobe")
+/* The return probe copies the plaintext: one per family. */
+SEC("?uretprobe")
 int BPF_KRETPROBE(ssl_exit, int rc)
 {
-	return tls_exit(rc);
+	return tls_exit(rc, false);
+}
+
+SEC("?uretprobe")
+int BPF_KRETPROBE(compat_ssl_exit, int rc)
+{
+	return tls_exit(rc, true);
 }

@@ -1,7 +1,9 @@
-"""Can this host run the tracer? Each check gives one clear answer; `--check` and Tracer share them.
+"""Can this host run the tracer, and with which programs? Each check gives one clear answer.
 
-The Tracer calls `require_environment()` before touching libbpf, so a missing privilege or missing BTF
-is one readable EnvironmentProblem instead of a verifier log or a traceback.
+`--check` prints them; the Tracer calls `require_environment()` before touching libbpf, so a missing
+privilege or missing BTF is one readable EnvironmentProblem instead of a verifier log or a traceback,
+and `choose_programs()` to pick the family of kernel programs it loads. Checks only ask: loading is
+the tracer's (the `--check` line that loads the object lives in the CLI).
 """
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from .errors import EnvironmentProblem
 
 TRACEFS = "/sys/kernel/tracing"
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
-# bpf_loop (5.17) walks large buffers; bpf_task_pt_regs (5.15) reads syscall args on exit.
-MIN_KERNEL = (5, 17)
+
+# The two program families of the object (see bpf/httptrace.bpf.c). The fast one needs these helpers
+# (enum bpf_func_id); the compat one needs only what every kernel with a BPF ring buffer (5.8) has.
+PROGRAM_FAMILIES = ("auto", "fast", "compat")
+FAST_HELPERS = {"bpf_loop": 181, "bpf_task_pt_regs": 175, "bpf_get_current_task_btf": 158}
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
@@ -40,14 +45,9 @@ def object_path(name: str = "httptrace.bpf.o") -> str:
 
 
 def check_kernel() -> CheckResult:
-    release = platform.release()
-    try:
-        version = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
-    except ValueError:
-        version = (0, 0)
-    ok = version >= MIN_KERNEL
-    return CheckResult("kernel", ok, f"Linux {release}",
-                       "" if ok else f"httptrace needs Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer")
+    """The release, for the record: what the kernel can do is probed, not read off its version
+    (distributions backport BPF features)."""
+    return CheckResult("kernel", True, f"Linux {platform.release()}")
 
 
 def check_btf() -> CheckResult:
@@ -96,35 +96,59 @@ def check_ring_buffer() -> CheckResult:
 
     if ring_buffer_supported():
         return CheckResult("ring buffer", True, "BPF ring buffer supported")
-    return CheckResult("ring buffer", False, "the kernel has no BPF ring buffer", "Linux 5.8 or newer is needed")
+    return CheckResult("ring buffer", False, "the kernel has no BPF ring buffer",
+                       "httptrace needs Linux 5.8 or newer (or a kernel with the BPF ring buffer backported)")
 
 
-def check_objects() -> CheckResult:
-    """Load and attach every program, then detach: the proof that the verifier accepts them here."""
-    from .tracer import Tracer
+def missing_fast_helpers() -> list[str]:
+    from .libbpf import helper_supported
 
+    return [name for name, helper_id in FAST_HELPERS.items() if not helper_supported(helper_id)]
+
+
+def requested_programs(programs: str | None = None) -> str:
+    """The family asked for: `programs`, else $HTTPTRACE_PROGRAMS, else auto."""
+    requested = programs or os.environ.get("HTTPTRACE_PROGRAMS") or "auto"
+    if requested not in PROGRAM_FAMILIES:
+        raise ValueError(f"programs must be one of {', '.join(PROGRAM_FAMILIES)}, not {requested!r}")
+    return requested
+
+
+def choose_programs(requested: str = "auto") -> tuple[str, str]:
+    """The program family to load, and why: 'fast' where the kernel has its helpers, else 'compat'."""
+    requested = requested_programs(requested)
+    if requested == "compat":
+        return "compat", "asked for"
+    missing = missing_fast_helpers()
+    if requested == "fast":
+        if missing:
+            raise EnvironmentProblem(f"the fast programs need {', '.join(missing)}, which this kernel lacks",
+                                     "use --programs auto or --programs compat")
+        return "fast", "asked for"
+    if missing:
+        return "compat", f"kernel lacks {', '.join(missing)}"
+    return "fast", "kernel has " + ", ".join(FAST_HELPERS)
+
+
+def check_programs(requested: str = "auto") -> CheckResult:
     try:
-        with Tracer(ports=[1]) as tracer:
-            count = len(tracer.attached_programs)
-            libraries = tracer.tls_libraries
-    except Exception as exc:  # reported, not raised: this is a report
-        return CheckResult("objects", False, f"loading {object_path()} failed: {exc}")
-    tls = ", ".join(libraries) if libraries else "none found"
-    return CheckResult("objects", True, f"{object_path()}: {count} programs loaded and attached; "
-                                        f"TLS libraries probed: {tls}")
+        family, why = choose_programs(requested)
+    except EnvironmentProblem as exc:
+        return CheckResult("programs", False, exc.problem, exc.fix)
+    return CheckResult("programs", True, f"{family} ({why})")
 
 
 def require_environment() -> None:
     """Raise the first problem that makes tracing impossible, in the order a user would fix them."""
-    for check in (check_privileges, check_btf, check_kernel, ensure_tracefs):
+    for check in (check_privileges, check_btf, ensure_tracefs, check_ring_buffer):
         result = check()
         if not result.ok:
             raise EnvironmentProblem(result.detail, result.fix)
 
 
-def run_checks() -> list[CheckResult]:
+def run_checks(programs: str = "auto") -> list[CheckResult]:
+    """Every check that only asks; the caller adds loading the object when these pass."""
     results = [check_privileges(), check_btf(), check_kernel(), ensure_tracefs()]
     if all(r.ok for r in results):
-        results.append(check_ring_buffer())
-        results.append(check_objects())
+        results += [check_ring_buffer(), check_programs(programs)]
     return results

@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--max-body", type=parse_size, metavar="BYTES",
                          help="capture at most this much of each body, e.g. 64K (default 16M); "
                               "longer bodies are flagged truncated")
+    capture.add_argument("--programs", choices=("auto", "fast", "compat"),  # checks.PROGRAM_FAMILIES
+                         help="kernel programs: fast (Linux 5.17+: exit-only hooks, bpf_loop), compat "
+                              "(5.8+: entry+exit hooks, bounded copy loop) or auto (default: fast where "
+                              "the kernel has its helpers; HTTPTRACE_PROGRAMS sets it too)")
     capture.add_argument("--ring-buffer-size", type=_ring_buffer_size, metavar="BYTES",
                          help="kernel-to-user ring buffer size, e.g. 64M (default 32M, rounded up "
                               "to a power of two); raise it if the summary reports drops")
@@ -243,9 +247,24 @@ def _open_tracer(**kwargs: Any):
     return Tracer(**kwargs)
 
 
-def _run_checks() -> list:
-    from httptrace.checks import run_checks
-    return run_checks()
+def _run_checks(programs: str | None = None) -> list:
+    """The host's checks, then loading and attaching the object as the tracer would."""
+    from httptrace.checks import CheckResult, object_path, requested_programs, run_checks
+    from httptrace.tracer import Tracer
+
+    programs = requested_programs(programs)
+    results = run_checks(programs)
+    if not all(result.ok for result in results):
+        return results
+    try:
+        with Tracer(ports=[1], programs=programs) as tracer:
+            count, family = len(tracer.attached_programs), tracer.programs
+            libraries = tracer.tls_libraries
+    except Exception as exc:  # reported, not raised: this is a report
+        return results + [CheckResult("objects", False, f"loading {object_path()} failed: {exc}")]
+    tls = ", ".join(libraries) if libraries else "none found"
+    return results + [CheckResult("objects", True, f"{object_path()}: {count} {family} programs loaded and "
+                                                   f"attached; TLS libraries probed: {tls}")]
 
 
 # --- output file ------------------------------------------------------------------
@@ -466,9 +485,9 @@ def _silence_stdout() -> None:
         pass
 
 
-def run_check_command(out: IO[str]) -> int:
+def run_check_command(out: IO[str], args: argparse.Namespace) -> int:
     try:
-        results = _run_checks()
+        results = _run_checks(args.programs)
     except ImportError as exc:
         return fail(f"environment checks are unavailable: {exc}", "reinstall httptrace")
     except HttptraceError as exc:
@@ -507,7 +526,7 @@ def _main(argv: list[str] | None) -> int:
     configure_logging(args.log_level, sys.stderr)
 
     if args.check:
-        return run_check_command(sys.stdout)
+        return run_check_command(sys.stdout, args)
 
     try:
         exchange_filter = exchange_filter_from_args(args)
@@ -537,7 +556,8 @@ def _main(argv: list[str] | None) -> int:
                             verbosity=args.verbose, color=color)
 
     tracer_options: dict[str, Any] = dict(pids=args.pid or None, ports=args.port or None, comm=comm,
-                                          ring_buffer_size=args.ring_buffer_size, tls=args.tls)
+                                          ring_buffer_size=args.ring_buffer_size, tls=args.tls,
+                                          programs=args.programs)
     if args.max_body is not None:   # otherwise the Tracer's own default
         tracer_options["max_body"] = args.max_body
     writer = None

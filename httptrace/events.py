@@ -52,7 +52,7 @@ class OpenEvent(ctypes.Structure):
     _fields_ = [("hdr", EventHeader), ("family", ctypes.c_uint16), ("local_port", ctypes.c_uint16),
                 ("remote_port", ctypes.c_uint16), ("role_hint", ctypes.c_uint8), ("tls", ctypes.c_uint8),
                 ("local_addr", ctypes.c_uint8 * 16), ("remote_addr", ctypes.c_uint8 * 16),
-                ("comm", ctypes.c_char * COMM_LEN)]
+                ("comm", ctypes.c_char * COMM_LEN), ("cgroup_id", ctypes.c_uint64)]
 
 
 class DataEventHead(ctypes.Structure):
@@ -137,7 +137,7 @@ def address(family: int, raw: bytes) -> str:
 
 # ---- decoded events: what Tracer.events() yields -------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Open:
     conn: tuple[int, int, int]   # (pid, fd, tsid)
     ts_ns: int                   # wall clock
@@ -146,9 +146,10 @@ class Open:
     remote: tuple[str, int]
     role_hint: RoleHint
     tls: bool
+    cgroup_id: int = 0           # the process's cgroup v2 id (inode of its directory), 0 if unknown
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Data:
     conn: tuple[int, int, int]
     ts_ns: int
@@ -159,7 +160,7 @@ class Data:
     flags: DataFlags
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Close:
     conn: tuple[int, int, int]
     ts_ns: int

@@ -62,13 +62,13 @@ def flags_of(bits: int) -> frozenset:
     return flags
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Endpoint:
     ip: str        # textual address: "127.0.0.1", "::1", "::ffff:10.0.0.1"
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Connection:
     """A traced socket, as the kernel described it in its open event."""
 
@@ -80,6 +80,7 @@ class Connection:
     remote: Endpoint | None
     role: Role               # who sent the request (client) or received it (server)
     tls: bool = False
+    cgroup_id: int = 0       # cgroup v2 id of the process (containers.py maps it to a container)
 
 
 def header_value(headers, name: str) -> str | None:

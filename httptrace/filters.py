@@ -78,7 +78,7 @@ def parse_role(value: str) -> Role:
     return role
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ExchangeFilter:
     """A predicate over Exchanges; every criterion left as None accepts everything.
 

@@ -130,6 +130,15 @@ class Program:
         self.name = ffi.string(lib.bpf_program__name(handle)).decode()
         self.section = ffi.string(lib.bpf_program__section_name(handle)).decode()
 
+    @property
+    def autoload(self) -> bool:
+        """Whether load() loads it: False from the start for programs declared SEC("?...")."""
+        return bool(lib.bpf_program__autoload(self._handle))
+
+    @autoload.setter
+    def autoload(self, wanted: bool) -> None:
+        _check(f"set autoload of program {self.name}", lib.bpf_program__set_autoload(self._handle, wanted))
+
     def attach(self) -> Link:
         link = lib.bpf_program__attach(self._handle)
         if link == ffi.NULL:
@@ -206,9 +215,10 @@ class BpfObject:
         raise LibbpfError(f"find program {name} in {self.path}", errno_names.ENOENT, "no such program")
 
     def attach_tracepoints(self) -> list[Link]:
-        """Attach every tracepoint program (their sections name their targets); probes are attached by name."""
+        """Attach every loaded tracepoint program (their sections name their targets); probes are attached
+        by name."""
         for program in self.programs():
-            if program.section.startswith("tracepoint/"):
+            if program.section.startswith("tracepoint/") and program.autoload:
                 self.links.append(program.attach())
         return self.links
 
@@ -293,3 +303,12 @@ def num_possible_cpus() -> int:
 
 def ring_buffer_supported() -> bool:
     return lib.libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, ffi.NULL) == 1
+
+
+BPF_PROG_TYPE_TRACEPOINT = 5
+
+
+def helper_supported(helper_id: int) -> bool:
+    """Whether tracepoint programs may call this helper (enum bpf_func_id). Probed as a tracepoint
+    program: libbpf cannot probe helpers of tracing (fentry, tp_btf) programs."""
+    return lib.libbpf_probe_bpf_helper(BPF_PROG_TYPE_TRACEPOINT, helper_id, ffi.NULL) == 1

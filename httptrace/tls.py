@@ -22,7 +22,7 @@ from .libbpf import BpfObject, Link
 log = structlog.get_logger("httptrace.tls")
 
 LIBSSL_NAME = re.compile(r"/libssl\.so\.(3|1\.1)$")
-# (function, entry program); every function also gets the shared return probe `ssl_exit`.
+# (function, entry program); every function also gets the family's return probe (TlsProbes.exit_program).
 PROBES = (("SSL_write", "ssl_write_enter"), ("SSL_write_ex", "ssl_write_ex_enter"),
           ("SSL_read", "ssl_read_enter"), ("SSL_read_ex", "ssl_read_ex_enter"))
 
@@ -95,8 +95,10 @@ def running_executables() -> list[str]:
 class TlsProbes:
     """The uprobes of one BpfObject; `refresh()` attaches to libraries seen since the last call."""
 
-    def __init__(self, obj: BpfObject):
+    def __init__(self, obj: BpfObject, exit_program: str = "ssl_exit"):
+        """exit_program: the loaded family's return probe (ssl_exit, or compat_ssl_exit)."""
         self._obj = obj
+        self._exit_program = exit_program
         self._seen: set[tuple[int, int]] = set()
         self.libraries: list[str] = []
         self.links: list[Link] = []
@@ -165,7 +167,7 @@ class TlsProbes:
         try:
             for function, entry in PROBES:
                 links.append(self._obj.program(entry).attach_uprobe(path, function))
-                links.append(self._obj.program("ssl_exit").attach_uprobe(path, function, retprobe=True))
+                links.append(self._obj.program(self._exit_program).attach_uprobe(path, function, retprobe=True))
         except BaseException:
             for link in links:
                 link.destroy()

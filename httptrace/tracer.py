@@ -20,6 +20,7 @@ import structlog
 from . import checks, events
 from .events import DataFlags, Direction, EventType, RoleHint
 from .exchange import Connection, Endpoint, Exchange, Role
+from .errors import LibbpfError
 from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 
 log = structlog.get_logger("httptrace.tracer")
@@ -55,7 +56,12 @@ class Tracer:
 
     def __init__(self, *, pids: Iterable[int] | None = None, ports: Iterable[int] | None = None,
                  comm: str | None = None, max_body: int = DEFAULT_MAX_BODY,
-                 ring_buffer_size: int | None = None, tls: bool = True):
+                 ring_buffer_size: int | None = None, tls: bool = True, programs: str | None = None):
+        """programs: the family of kernel programs, 'auto' (default: 'fast' where the kernel has its
+        helpers, else 'compat'), 'fast' or 'compat'; HTTPTRACE_PROGRAMS sets the default."""
+        self.requested_programs = checks.requested_programs(programs)
+        self.programs = ""        # the family loaded, once started
+        self.programs_reason = ""
         self.pids = sorted(set(pids or ()))
         self.ports = sorted(set(ports or ()))
         self.comm = comm
@@ -92,14 +98,18 @@ class Tracer:
         self._stopping = False  # here, not in the iterators: a stop() right after start() must count
         checks.require_environment()
         started = time.monotonic()
-        path = checks.object_path()
-        btf = checks.btf_path()
-        self._object = obj = BpfObject(path, btf_path=None if btf == checks.DEFAULT_BTF else btf)
-        obj.rodata().set_initial_value(bytes(self._config()))
-        self._ncpus = num_possible_cpus()
-        obj.map("scratch").set_max_entries(self._ncpus)
-        obj.map("events").set_max_entries(self.ring_buffer_size)
-        obj.load()
+        family, why = checks.choose_programs(self.requested_programs)
+        try:
+            self._object = obj = self._load(family)
+        except LibbpfError as exc:
+            if family != "fast" or self.requested_programs != "auto":
+                raise
+            # The probes said yes but the verifier said no (a backport, an odd config): compat still may.
+            log.warning("fast programs rejected, loading the compat ones", error=str(exc),
+                        verifier=" | ".join(getattr(exc, "verifier_log", [])[-3:]))
+            family, why = "compat", "the kernel rejected the fast programs"
+            self._object = obj = self._load(family)
+        self.programs, self.programs_reason = family, why
         for pid in self.pids:
             obj.map("target_tgids").update(struct.pack("<I", pid), b"\x01")
         for port in self.ports:
@@ -110,11 +120,30 @@ class Tracer:
         if self.tls:
             from .tls import TlsProbes
 
-            self._tls = TlsProbes(obj)
+            self._tls = TlsProbes(obj, exit_program="compat_ssl_exit" if family == "compat" else "ssl_exit")
             self._tls.refresh(executables=False)
             self._tls.rescan_every(TLS_RESCAN_EVERY_S)   # libraries and programs of processes started since
-        log.info("attached", programs=len(obj.links), seconds=round(time.monotonic() - started, 3),
+        log.info("attached", programs=f"{family} ({why})", links=len(obj.links),
+                 seconds=round(time.monotonic() - started, 3),
                  pids=self.pids or "all", ports=self.ports or "all", comm=self.comm or "all")
+
+    def _load(self, family: str) -> BpfObject:
+        """Open, configure and load the object with one family's programs (the shared ones always)."""
+        btf = checks.btf_path()
+        obj = BpfObject(checks.object_path(), btf_path=None if btf == checks.DEFAULT_BTF else btf)
+        try:
+            for program in obj.programs():   # a family's programs are SEC("?...") and named by it
+                if not program.autoload and program.name.startswith("compat_") == (family == "compat"):
+                    program.autoload = True
+            obj.rodata().set_initial_value(bytes(self._config()))
+            self._ncpus = num_possible_cpus()
+            obj.map("scratch").set_max_entries(self._ncpus)
+            obj.map("events").set_max_entries(self.ring_buffer_size)
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        return obj
 
     def close(self) -> None:
         if self._tls is not None:
@@ -192,7 +221,7 @@ class Tracer:
             comm=ev.comm.decode(errors="replace"),
             local=(events.address(ev.family, bytes(ev.local_addr)), ev.local_port),
             remote=(events.address(ev.family, bytes(ev.remote_addr)), ev.remote_port),
-            role_hint=RoleHint(ev.role_hint), tls=bool(ev.tls))
+            role_hint=RoleHint(ev.role_hint), tls=bool(ev.tls), cgroup_id=ev.cgroup_id)
 
     # Sinks for events(): decoded event objects queued for the iterator.
     def _queue_open(self, ev) -> None:
@@ -212,7 +241,7 @@ class Tracer:
         self._reassembler.open(opened.conn, Connection(
             pid=opened.conn[0], fd=opened.conn[1], tsid=opened.conn[2], comm=opened.comm,
             local=Endpoint(*opened.local), remote=Endpoint(*opened.remote),
-            role=_ROLE_OF_HINT[opened.role_hint], tls=opened.tls))
+            role=_ROLE_OF_HINT[opened.role_hint], tls=opened.tls, cgroup_id=opened.cgroup_id))
 
     def _reassemble_data(self, conn, ts_ns, direction, pos, payload, not_copied, flags) -> None:
         self._reassembler.data(conn, direction, pos, payload, not_copied, ts_ns,

@@ -26,7 +26,7 @@ class ExchangeWriter(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class OutputOptions:
     redactor: Redactor = field(default_factory=Redactor)
     include_bodies: bool = True     # False with --no-body: sizes only

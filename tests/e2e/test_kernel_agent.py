@@ -286,3 +286,21 @@ def test_connections_of_a_process_that_exits_are_closed_and_forgotten(capture, p
     assert left == []
     assert [ev.conn[0] for ev in cap.of_type(Close)].count(client.pid) == 1
     assert cap.stream(client.pid, Direction.EGRESS).startswith(b"GET /size/5")
+
+
+def test_the_program_family_loaded_is_the_one_asked_for():
+    """make test runs this suite twice: with the default family and with HTTPTRACE_PROGRAMS=compat. On this
+    host auto means fast (6.18 has every helper); each family attaches its own programs and only those."""
+    from httptrace.tracer import Tracer
+
+    asked = os.environ.get("HTTPTRACE_PROGRAMS", "auto")
+    with Tracer(ports=[1]) as tracer:
+        attached = set(tracer.attached_programs)
+        assert tracer.programs == ("fast" if asked == "auto" else asked), tracer.programs_reason
+    compat = {name for name in attached if name.startswith("compat_")}
+    if tracer.programs == "compat":
+        assert {"compat_enter_read", "compat_exit_read", "compat_enter_connect", "compat_ssl_exit"} <= compat
+        assert not attached & {"exit_read", "exit_connect", "ssl_exit"}
+    else:
+        assert compat == set() and {"exit_read", "exit_connect", "exit_sendfile"} <= attached
+    assert {"exit_accept", "exit_accept4", "enter_close"} <= attached   # shared by both families

@@ -204,10 +204,10 @@ def test_python_dash_m_entry_point():
 def test_kernel_side_options_reach_the_tracer(capsys, tracer_factory):
     created = tracer_factory(exchanges=[])
     code, _, _ = run(["--pid", "7", "--pid", "8", "--port", "8080", "--comm", "nginx", "--max-body", "64K",
-                      "--ring-buffer-size", "8M", "--no-tls"], capsys)
+                      "--ring-buffer-size", "8M", "--no-tls", "--programs", "compat"], capsys)
     assert code == 0
     assert created[0].options == {"pids": [7, 8], "ports": [8080], "comm": "nginx", "max_body": 65536,
-                                  "ring_buffer_size": 8 << 20, "tls": False}
+                                  "ring_buffer_size": 8 << 20, "tls": False, "programs": "compat"}
     assert created[0].entered and created[0].exited
 
 
@@ -215,7 +215,7 @@ def test_unset_options_leave_the_tracer_defaults(capsys, tracer_factory):
     created = tracer_factory(exchanges=[])
     run([], capsys)
     assert created[0].options == {"pids": None, "ports": None, "comm": None, "ring_buffer_size": None,
-                                  "tls": True}
+                                  "tls": True, "programs": None}
 
 
 def test_long_comm_is_cut_to_what_the_kernel_keeps(capsys, tracer_factory):
@@ -457,7 +457,7 @@ class Check:
 
 def test_check_all_ok(capsys, monkeypatch, tracer_factory):
     created = tracer_factory()
-    monkeypatch.setattr(cli, "_run_checks", lambda: [Check("privileges", True, "root"),
+    monkeypatch.setattr(cli, "_run_checks", lambda programs: [Check("privileges", True, "root"),
                                                      Check("btf", True, "/sys/kernel/btf/vmlinux")])
     code, out, _ = run(["--check"], capsys)
     assert code == 0 and created == []
@@ -465,7 +465,7 @@ def test_check_all_ok(capsys, monkeypatch, tracer_factory):
 
 
 def test_check_with_a_problem_exits_1(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_run_checks", lambda: [
+    monkeypatch.setattr(cli, "_run_checks", lambda programs: [
         Check("privileges", False, "not root", "run with sudo"), Check("kernel", True, "Linux 6.8")])
     code, out, _ = run(["--check"], capsys)
     assert code == 1

@@ -34,7 +34,8 @@ import re
 import zlib
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
-from .exchange import Flag, Message, header_value
+from .exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_NOT_VISIBLE, F_PARSE_ERROR,  # noqa: F401 (re-exported)
+                       F_TRUNCATED, F_UPGRADED, Message, flags_of, header_value)
 
 if TYPE_CHECKING:
     from .sessions import _Pending
@@ -52,27 +53,8 @@ TRUNCATED = 1     # the kernel did not copy them (per-syscall capture cap)
 NOT_VISIBLE = 2   # sendfile(): they went from a file to the socket without passing user memory
 LOST = 3          # a gap: their events were lost
 
-# Flag bits on a message being read; `flags_of` turns them into exchange.Flag sets.
-F_GAP = 1
-F_TRUNCATED = 2
-F_PARSE_ERROR = 4
-F_NOT_VISIBLE = 8
-F_UPGRADED = 16
-F_INCOMPLETE = 32
-F_MID_STREAM = 64
-_FLAG_OF_BIT = ((F_GAP, Flag.GAP), (F_TRUNCATED, Flag.TRUNCATED), (F_PARSE_ERROR, Flag.PARSE_ERROR),
-                (F_NOT_VISIBLE, Flag.NOT_VISIBLE), (F_UPGRADED, Flag.UPGRADED),
-                (F_INCOMPLETE, Flag.INCOMPLETE), (F_MID_STREAM, Flag.MID_STREAM))
+# Flag bits on a message being read (defined with the Flag set they map to).
 _BIT_OF_CAUSE = {TRUNCATED: F_TRUNCATED, NOT_VISIBLE: F_NOT_VISIBLE, LOST: F_GAP}
-_flag_sets: dict[int, frozenset[Flag]] = {}
-
-
-def flags_of(bits: int) -> frozenset[Flag]:
-    """The Flag set for a bit mask (cached: there are few distinct combinations)."""
-    flags = _flag_sets.get(bits)
-    if flags is None:
-        flags = _flag_sets[bits] = frozenset(flag for bit, flag in _FLAG_OF_BIT if bits & bit)
-    return flags
 
 
 # Reader states.
@@ -420,6 +402,8 @@ class MessageReader:
         self._first_line_ok = False   # HEAD: start line already validated while waiting for the rest
         self._line_start = True       # SYNC: the next byte begins a line
         self._next_flags = 0          # flags for the next message (bytes were skipped before it)
+        # OPAQUE: a reader to pass the bytes to instead of dropping them (h2c: the HTTP/2 reader).
+        self.divert = None
 
     def __repr__(self) -> str:
         return f"<MessageReader kind={self.kind} state={STATE_NAMES[self.state]} buffered={len(self.buffer)}>"
@@ -442,6 +426,8 @@ class MessageReader:
             if state == PAUSED:
                 self.deferred.append((self.receive_data, data, ts_ns))
                 self.deferred_bytes += len(data)
+            elif state == OPAQUE and self.divert is not None:
+                self.divert.receive_data(data, ts_ns)
             else:
                 self.stats["opaque_bytes"] += len(data)
             return
@@ -484,6 +470,8 @@ class MessageReader:
         if state >= OPAQUE:
             if state == PAUSED:
                 self.deferred.append((self.receive_missing, count, ts_ns, cause))
+            elif state == OPAQUE and self.divert is not None:
+                self.divert.receive_missing(count, ts_ns, cause)
             return
         bit = _BIT_OF_CAUSE[cause]
         b: MessageBuilder = self.message  # type: ignore[assignment]  # set in the states that use it
@@ -534,15 +522,23 @@ class MessageReader:
             call(*args)     # each call re-defers itself if the reader paused again
 
     def go_opaque(self) -> None:
-        """The connection switched protocols: nothing more to parse in this direction."""
+        """The connection switched protocols: nothing more to parse in this direction (what is
+        held goes to `divert`, if set)."""
         if self.message is not None:
             b = self.message
             b.cut_off = True
             self._finish(next_state=OPAQUE)
-        self.stats["opaque_bytes"] += len(self.buffer) + self.deferred_bytes
+        held, waiting, waiting_bytes = self.buffer, self.deferred, self.deferred_bytes
         self.buffer = bytearray()
         self.deferred, self.deferred_bytes = [], 0
         self.state = OPAQUE
+        if self.divert is None:
+            self.stats["opaque_bytes"] += len(held) + waiting_bytes
+            return
+        if held:
+            self.divert.receive_data(bytes(held), self._buffer_ts)
+        for call, *args in waiting:
+            call(*args)         # OPAQUE now: each goes to `divert`
 
     def discard_buffer(self) -> int:
         """Memory pressure: drop unparsed bytes and resync after them; returns the bytes dropped."""
@@ -853,7 +849,10 @@ class MessageReader:
         return len(view)
 
     def _on_opaque(self, view: Bytes, i: int) -> int:
-        self.stats["opaque_bytes"] += len(view) - i
+        if self.divert is not None and self.state == OPAQUE:
+            self.divert.receive_data(bytes(view[i:]), self._ts)
+        else:
+            self.stats["opaque_bytes"] += len(view) - i
         return len(view)
 
     def _on_paused(self, view: Bytes, i: int) -> int:

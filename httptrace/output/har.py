@@ -82,17 +82,19 @@ def _authority(host: str) -> str:
 
 
 def request_url(exchange: Exchange) -> str:
-    """Absolute URL: scheme from the connection's TLS-ness, authority from Host (or the
-    server address when there is no Host header), then the request target."""
+    """Absolute URL: scheme from the connection's TLS-ness (or HTTP/2's :scheme), authority from
+    Host or :authority (or the server address when there is neither), then the request target."""
     request = exchange.request
     scheme = "https" if exchange.connection.tls else "http"
+    if request.header(":scheme") in ("http", "https"):
+        scheme = request.header(":scheme")
     target = request.target or "/"
     if target[:8].lower().startswith(("http://", "https://")):     # absolute-form (proxy requests)
         scheme, rest = target.split("://", 1)
         cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
         host, target = _authority(rest[:cut]), rest[cut:] or "/"
     else:
-        host = _authority(request.header("host") or "")
+        host = _authority(request.header(":authority") or request.header("host") or "")
     if not host:
         server = server_endpoint(exchange)
         if server is None:
@@ -159,7 +161,10 @@ def _response_cookies(headers: Iterable[tuple[str, str]]) -> list[dict[str, Any]
 
 def _headers_size(message: Message) -> int:
     """Bytes up to and including the blank line, rebuilt from the parsed head.  HTTP/1
-    peers almost always write "Name: value" with CRLF, so this matches the wire."""
+    peers almost always write "Name: value" with CRLF, so this matches the wire.  HTTP/2
+    headers travel HPACK-compressed: -1 (unknown), as HAR allows."""
+    if message.version == "HTTP/2":
+        return -1
     if message.method is not None:
         start = len(message.method) + len(message.target or "") + len(message.version) + 2
     else:
@@ -223,7 +228,7 @@ def exchange_to_har_entry(exchange: Exchange, redactor: Redactor, include_bodies
     har_request: dict[str, Any] = {
         "method": request.method or "",
         "url": request_url(exchange),
-        "httpVersion": request.version,
+        "httpVersion": _http_version(request),
         "cookies": _request_cookies(request_headers),
         "headers": [{"name": n, "value": v} for n, v in request_headers],
         "queryString": _query_string(request.target),
@@ -240,10 +245,12 @@ def exchange_to_har_entry(exchange: Exchange, redactor: Redactor, include_bodies
         wait = receive = 0.0
     else:
         response_headers = redactor.headers(response.headers)
+        if response.version == "HTTP/2":    # :status is `status`; request pseudo-headers stay, as Chrome exports
+            response_headers = tuple(field for field in response_headers if field[0] != ":status")
         har_response = {
             "status": response.status or 0,
             "statusText": response.reason or "",
-            "httpVersion": response.version,
+            "httpVersion": _http_version(response),
             "cookies": _response_cookies(response_headers),
             "headers": [{"name": n, "value": v} for n, v in response_headers],
             "content": _content(response, include_bodies),
@@ -276,7 +283,20 @@ def exchange_to_har_entry(exchange: Exchange, redactor: Redactor, include_bodies
     entry["_comm"] = connection.comm
     entry["_role"] = connection.role.value
     entry["_flags"] = flags
+    if exchange.stream_id is not None:
+        entry["_stream_id"] = exchange.stream_id
+    if exchange.reset_code is not None:
+        entry["_reset_code"] = exchange.reset_code
+    if exchange.grpc is not None:
+        entry["_grpc"] = exchange.grpc._asdict()
+    for har_message, message in ((har_request, request), (har_response, response)):
+        if message is not None and message.trailers:
+            har_message["_trailers"] = [{"name": n, "value": v} for n, v in redactor.headers(message.trailers)]
     return entry
+
+
+def _http_version(message: Message) -> str:
+    return "HTTP/2.0" if message.version == "HTTP/2" else message.version
 
 
 def _can_rewrite(stream: IO[bytes]) -> bool:

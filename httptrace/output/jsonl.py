@@ -56,6 +56,7 @@ def _message_fields(message: Message, redactor: Redactor, include_bodies: bool) 
     fields["body_encoding"] = encoding
     fields["body_size"] = message.body_size
     fields["truncated"] = message.truncated
+    fields["trailers"] = redactor.headers(message.trailers) if message.trailers else []
     return fields
 
 
@@ -68,6 +69,10 @@ def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: boo
     response = exchange.response
     record["response"] = None if response is None else _message_fields(response, redactor, include_bodies)
     record["flags"] = sorted(flag.value for flag in exchange.flags) if exchange.flags else []
+    record["stream_id"] = exchange.stream_id
+    record["reset_code"] = exchange.reset_code
+    grpc = exchange.grpc
+    record["grpc"] = None if grpc is None else grpc._asdict()
     return record
 
 

@@ -447,8 +447,14 @@ def wheel_requirements(wheel: str, python: str) -> list[str]:
 
 def dependency_wheels(wheel: str, land: Userland) -> str:
     """A directory of binary wheels of the wheel's dependencies for the userland's Python, fetched once."""
-    requirements = wheel_requirements(wheel, land.python)
-    directory = os.path.join(CACHE, "pypi", f"cp{land.python_minor.replace('.', '')}")
+    return wheels_for(wheel_requirements(wheel, land.python), land, "")
+
+
+def wheels_for(requirements: list[str], land: Userland, purpose: str) -> str:
+    """A directory of binary wheels of `requirements` (and what they need) for the userland's Python,
+    fetched once per purpose ('' for the wheel's own dependencies)."""
+    name = f"cp{land.python_minor.replace('.', '')}" + (f"-{purpose}" if purpose else "")
+    directory = os.path.join(CACHE, "pypi", name)
     wanted = {"python": land.python_minor, "platform": PIP_PLATFORM, "requirements": requirements,
               "closure": "markers for the target"}  # the stamps of runs that missed typing-extensions differ
     if (_read_json(os.path.join(directory, "stamp.json")) or {}).get("fetched") == wanted:
@@ -481,6 +487,62 @@ def dependency_wheels(wheel: str, land: Userland) -> str:
     _remove_tree(directory)
     os.rename(new, directory)
     return directory
+
+
+def test_requirements(python: str) -> list[str]:
+    """The project's run-time dependencies and its test extra, markers evaluated for that Python."""
+    import tomllib
+
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        from pip._vendor.packaging.requirements import Requirement
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    environment = {"python_version": ".".join(python.split(".")[:2]), "python_full_version": python, "extra": ""}
+    chosen = []
+    for spec in project["dependencies"] + project["optional-dependencies"]["test"]:
+        req = Requirement(spec)
+        if req.marker is None or req.marker.evaluate(environment):
+            req.marker = None
+            chosen.append(str(req))
+    return sorted(chosen)
+
+
+def run_unit_tests(suite: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """tests/unit with the suite's own python3 (Debian 11: 3.9, the oldest httptrace supports), on the host
+    in a chroot: the source tree (with its built object and abi3 module) is copied into a scratch directory
+    bind-mounted into the userland, next to a venv made there from wheels fetched for that Python."""
+    land = userland(suite)
+    wheels = wheels_for(test_requirements(land.python), land, "test")
+    scratch = os.path.join(ARTIFACTS, f"unit-{suite}")
+    _remove_tree(scratch)
+    os.makedirs(scratch)
+    for part in ("httptrace", "tests", "bpf", "pyproject.toml"):
+        source, target = os.path.join(ROOT, part), os.path.join(scratch, "src", part)
+        if os.path.isdir(source):
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "artifacts", "cache"))
+        else:
+            shutil.copy(source, target)
+    shutil.copytree(wheels, os.path.join(scratch, "wheels"))
+    venv = f"{GUEST_DIR}/venv"
+    steps = (["/usr/bin/python3", "-m", "venv", venv],
+             [f"{venv}/bin/python", "-m", "pip", "install", "-q", "--no-index", "--no-cache-dir",
+              "--disable-pip-version-check", "--find-links", f"{GUEST_DIR}/wheels",
+              *test_requirements(land.python)],
+             ["/usr/bin/env", f"PYTHONPATH={GUEST_DIR}/src", f"{venv}/bin/python", "-m", "pytest", "-q",
+              "-p", "no:cacheprovider", f"{GUEST_DIR}/src/tests/unit"])
+    mount_point = land.root + GUEST_DIR
+    with _locked(os.path.dirname(land.root)):
+        subprocess.run(["mount", "--bind", scratch, mount_point], check=True)
+        try:
+            for argv in steps:
+                done = chroot_run(land.root, argv, timeout=timeout)
+                if done.returncode != 0:
+                    return done
+            return done
+        finally:
+            subprocess.run(["umount", mount_point], check=False)
 
 
 def seed_server() -> str:

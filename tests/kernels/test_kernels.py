@@ -36,6 +36,15 @@ def wheel():
     return given if given else run_kernels.build_wheel()
 
 
+def test_unit_tests_pass_on_debian_11s_python_3_9(wheel):
+    """Python 3.9 is the oldest httptrace supports: the unit tests run with Debian 11's own python3."""
+    done = run_kernels.run_unit_tests("bullseye")
+    summary = done.stdout.strip().splitlines()[-1:] or [""]
+    assert done.returncode == 0, f"{' '.join(done.args[-4:])} failed:\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
+    assert " passed" in summary[0] and "failed" not in summary[0], summary
+    print(f"Debian 11's Python: {summary[0]}")
+
+
 @pytest.mark.parametrize("guest", GUESTS, ids=[f"{g.suite}-{g.kernel}" for g in GUESTS])
 def test_wheel_in_guest(guest, wheel):
     outcome = run_kernels.run_guest(guest, wheel)

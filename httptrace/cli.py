@@ -108,6 +108,28 @@ def _positive_number(what: str, allow_zero: bool = False):
     return parse
 
 
+def _container_prefix(text: str) -> str:
+    prefix = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
+        raise argparse.ArgumentTypeError(f"--container takes the start of a container id (hex digits), not {text!r}")
+    return prefix
+
+
+def container_scope(prefixes, resolver=None):
+    """The --container filter: exchange -> bool, or None when every process is in scope."""
+    if not prefixes:
+        return None
+    from httptrace.containers import default_resolver
+
+    resolver = resolver or default_resolver()
+    prefixes = tuple(prefixes)
+
+    def in_scope(exchange) -> bool:
+        container = resolver.for_connection(exchange.connection)
+        return container is not None and container.id.startswith(prefixes)
+    return in_scope
+
+
 def _checked(validate):
     """Run a filters.py parser for validation but keep the user's text."""
     def parse(text: str) -> str:
@@ -143,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="kernel programs: fast (Linux 5.17+: exit-only hooks, bpf_loop), compat "
                               "(5.8+: entry+exit hooks, bounded copy loop) or auto (default: fast where "
                               "the kernel has its helpers; HTTPTRACE_PROGRAMS sets it too)")
+    capture.add_argument("--container", action="append", metavar="ID-PREFIX",
+                         type=_container_prefix,
+                         help="only processes in a container whose id starts with this (repeatable; "
+                              "docker, containerd, CRI-O, podman, Kubernetes; applied in user space, "
+                              "to the output, metrics and spans alike)")
     capture.add_argument("--ring-buffer-size", type=_ring_buffer_size, metavar="BYTES",
                          help="kernel-to-user ring buffer size, e.g. 64M (default 32M, rounded up "
                               "to a power of two); raise it if the summary reports drops")
@@ -338,7 +365,15 @@ class CaptureRun:
     """One capture: counts what was shown, stops on signals/count/duration, summarises."""
 
     def __init__(self, tracer, writer, exchange_filter: ExchangeFilter, count: int | None,
-                 duration: float | None, summary_stream: IO[str]):
+                 duration: float | None, summary_stream: IO[str], scope=None, observers=(), exporters=(),
+                 extra_stats=()):
+        """scope: the --container filter (None: all); observers see every exchange in scope (metrics,
+        whatever the display filters say), exporters every exchange shown (spans); extra_stats:
+        callables returning counters for the summary."""
+        self.scope = scope
+        self.observers = tuple(observers)
+        self.exporters = tuple(exporters)
+        self.extra_stats = tuple(extra_stats)
         self.tracer = tracer
         self.writer = writer
         self.keep = exchange_filter
@@ -366,6 +401,8 @@ class CaptureRun:
 
     def summary_line(self) -> str:
         stats = _safe_stats(self.tracer)
+        for more in self.extra_stats:
+            stats.update(more())
         # The headline counters always; the tracer's finer-grained ones only when they happened.
         keys = [k for k in _SUMMARY_KEYS if k in stats] + sorted(
             k for k in stats if k not in _SUMMARY_KEYS and stats[k])
@@ -381,6 +418,8 @@ class CaptureRun:
 
     def _write(self, batch: list) -> bool:
         """Write the exchanges the filter keeps, then flush once; True when --count is reached."""
+        if self.scope is not None or self.observers or self.exporters:
+            return self._write_staged(batch)
         keep, write, count = self.keep, self.writer.write, self.count
         done = False
         for exchange in batch:
@@ -390,6 +429,28 @@ class CaptureRun:
                 if count is not None and self.shown >= count:
                     done = True
                     break
+        if batch:
+            self.writer.flush()
+        return done
+
+    def _write_staged(self, batch: list) -> bool:
+        """_write with the optional stages: --container scope, metrics, span export."""
+        scope, observers, exporters = self.scope, self.observers, self.exporters
+        keep, write, count = self.keep, self.writer.write, self.count
+        done = False
+        for exchange in batch:
+            if scope is not None and not scope(exchange):
+                continue
+            for observe in observers:
+                observe(exchange)
+            if done or not keep(exchange):
+                continue   # after --count is reached, metrics still see the rest of this batch
+            write(exchange)
+            for export in exporters:
+                export(exchange)
+            self.shown += 1
+            if count is not None and self.shown >= count:
+                done = True
         if batch:
             self.writer.flush()
         return done
@@ -569,7 +630,8 @@ def _main(argv: list[str] | None) -> int:
             except OSError as exc:   # emptying the file, or writing the HAR header
                 return fail(f"cannot write output: {exc.strerror or exc}", "check free space and the -o path")
             log.info("capture started", format=args.format, output=args.output or "stdout")
-            return CaptureRun(tracer, writer, exchange_filter, args.count, args.duration, sys.stderr).run()
+            return CaptureRun(tracer, writer, exchange_filter, args.count, args.duration, sys.stderr,
+                              scope=container_scope(args.container)).run()
     except HttptraceError as exc:
         return fail(*_describe_error(exc))
     finally:

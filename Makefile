@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 BUILD_PKGS := clang-16 llvm-16 libbpf-dev libelf-dev zlib1g-dev bpftool gcc pkg-config python3-dev python3-venv
-TEST_PKGS := nginx wrk curl golang-go nodejs openssl libssl-dev iproute2 procps util-linux
+TEST_PKGS := nginx wrk curl golang-go nodejs openssl libssl-dev iproute2 procps util-linux prometheus
 BENCH_PKGS := nginx wrk tcpdump tshark apache2-utils
 # tests/kernels: QEMU boots the kernels of tests/kernels/kernels.txt and runs the wheel on each.
 KERNEL_PKGS := qemu-system-x86 busybox-static curl openssl

@@ -35,6 +35,7 @@ EXIT_INTERRUPTED = 130     # Ctrl-C before capture started, or a second Ctrl-C
 
 TASK_COMM_LEN = 16         # the kernel keeps 15 characters of a command name
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("console", "json")
 
 log = structlog.get_logger("httptrace.cli")
 
@@ -130,6 +131,22 @@ def container_scope(prefixes, resolver=None):
     return in_scope
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    from httptrace.metrics import parse_listen_address   # pure parsing: no optional package needed
+    try:
+        return parse_listen_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _otlp_url(text: str) -> str:
+    from httptrace.otel import traces_url   # pure parsing: no optional package needed
+    try:
+        return traces_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _checked(validate):
     """Run a filters.py parser for validation but keep the user's text."""
     def parse(text: str) -> str:
@@ -206,11 +223,25 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--no-redact", action="store_true",
                         help="show credentials in headers as captured (prints a warning)")
 
+    fleet = parser.add_argument_group("export (off by default; optional extras: pip install 'httptrace[metrics,otlp]')")
+    fleet.add_argument("--metrics", type=_listen_address, metavar="ADDR:PORT",
+                       help="serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. :9464); they count "
+                            "every captured exchange, whatever the display filters show")
+    fleet.add_argument("--metrics-max-routes", type=_int_in(1, None, "--metrics-max-routes"), default=500,
+                       metavar="N", help="distinct http_route values per command and method (default 500); "
+                                         "more become 'other'")
+    fleet.add_argument("--otlp-endpoint", type=_otlp_url, metavar="URL",
+                       help="export each shown exchange as an OpenTelemetry span over OTLP/HTTP, e.g. "
+                            "http://collector:4318 (/v1/traces is added when the URL has no path)")
+
     misc = parser.add_argument_group("diagnostics")
     misc.add_argument("--check", action="store_true",
                       help="check that this host can run httptrace, then exit")
     misc.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                       help="diagnostics on stderr (default info)")
+    misc.add_argument("--log-format", choices=LOG_FORMATS,
+                      help="console (readable) or json (one object per line); default: console on a "
+                           "terminal, json otherwise")
     misc.add_argument("--version", action="version", version=f"%(prog)s {httptrace_version()}")
     return parser
 
@@ -246,15 +277,16 @@ def _isatty(stream: IO) -> bool:
         return False
 
 
-def configure_logging(level: str = "info", stream: IO[str] | None = None) -> None:
-    """structlog to `stream` (stderr by default): readable on a terminal, JSON otherwise."""
+def configure_logging(level: str = "info", stream: IO[str] | None = None, fmt: str | None = None) -> None:
+    """structlog to `stream` (stderr by default): readable on a terminal, JSON otherwise, unless
+    `fmt` ("console" or "json", --log-format) says which."""
     stream = stream if stream is not None else sys.stderr
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if _isatty(stream):
+    if fmt == "console" or (fmt is None and _isatty(stream)):
         processors.append(structlog.dev.ConsoleRenderer(colors="NO_COLOR" not in os.environ))
     else:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
@@ -366,7 +398,7 @@ class CaptureRun:
 
     def __init__(self, tracer, writer, exchange_filter: ExchangeFilter, count: int | None,
                  duration: float | None, summary_stream: IO[str], scope=None, observers=(), exporters=(),
-                 extra_stats=()):
+                 extra_stats=(), on_batch=()):
         """scope: the --container filter (None: all); observers see every exchange in scope (metrics,
         whatever the display filters say), exporters every exchange shown (spans); extra_stats:
         callables returning counters for the summary."""
@@ -374,6 +406,7 @@ class CaptureRun:
         self.observers = tuple(observers)
         self.exporters = tuple(exporters)
         self.extra_stats = tuple(extra_stats)
+        self.on_batch = tuple(on_batch)
         self.tracer = tracer
         self.writer = writer
         self.keep = exchange_filter
@@ -418,7 +451,7 @@ class CaptureRun:
 
     def _write(self, batch: list) -> bool:
         """Write the exchanges the filter keeps, then flush once; True when --count is reached."""
-        if self.scope is not None or self.observers or self.exporters:
+        if self.scope is not None or self.observers or self.exporters or self.on_batch:
             return self._write_staged(batch)
         keep, write, count = self.keep, self.writer.write, self.count
         done = False
@@ -453,6 +486,8 @@ class CaptureRun:
                 done = True
         if batch:
             self.writer.flush()
+        for hook in self.on_batch:
+            hook()
         return done
 
     def run(self) -> int:
@@ -563,6 +598,67 @@ def run_check_command(out: IO[str], args: argparse.Namespace) -> int:
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
+class Stages:
+    """The optional export stages (--metrics, --otlp-endpoint): started before the capture, so a port
+    in use or a missing package fails before anything is attached; closed after it."""
+
+    def __init__(self):
+        self.metrics = None
+        self.spans = None
+
+    def start(self, args: argparse.Namespace, redactor: Redactor) -> int | None:
+        """None when started, else the exit code of the one-line error already printed."""
+        if args.metrics is not None:
+            addr, port = args.metrics
+            try:
+                from httptrace.metrics import Metrics
+                self.metrics = Metrics(max_routes=args.metrics_max_routes)
+            except ImportError as exc:
+                return fail(f"--metrics needs the prometheus-client package ({exc.name or exc} is missing)",
+                            "pip install 'httptrace[metrics]'")
+            try:
+                self.metrics.serve(addr, port)
+            except OSError as exc:
+                return fail(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}",
+                            "choose another --metrics ADDR:PORT")
+            log.info("serving metrics", url=f"http://{addr}:{port}/metrics")
+        if args.otlp_endpoint is not None:
+            try:
+                from httptrace.otel import SpanExport
+                self.spans = SpanExport(args.otlp_endpoint, redactor=redactor)
+            except ImportError as exc:
+                self.close()
+                return fail(f"--otlp-endpoint needs the OpenTelemetry SDK and OTLP exporter "
+                            f"({exc.name or exc} is missing)", "pip install 'httptrace[otlp]'")
+            log.info("exporting spans", endpoint=self.spans.endpoint)
+        return None
+
+    def wiring(self, tracer) -> dict:
+        """CaptureRun's keyword arguments for the stages that run."""
+        extra_stats = [self.spans.stats] if self.spans is not None else []
+        wiring: dict[str, Any] = {"extra_stats": extra_stats,
+                                  "exporters": [self.spans.submit] if self.spans is not None else []}
+        if self.metrics is not None:
+            def stats() -> dict:
+                combined = _safe_stats(tracer)
+                for more in extra_stats:
+                    combined.update(more())
+                return combined
+            self.metrics.set_stats_source(stats)
+            wiring["observers"] = [self.metrics.observe]
+            wiring["on_batch"] = [self.metrics.refresh]
+        return wiring
+
+    def close(self) -> None:
+        if self.spans is not None:
+            self.spans.close()
+            if self.spans.dropped or self.spans.failed:
+                log.warning("spans were not delivered", **self.spans.stats(),
+                            fix="check --otlp-endpoint, or that the collector keeps up")
+        if self.metrics is not None:
+            self.metrics.close()
+
+
 def _describe_error(exc: HttptraceError) -> tuple[str, str]:
     if isinstance(exc, EnvironmentProblem):
         return exc.problem, exc.fix
@@ -584,7 +680,7 @@ def _main(argv: list[str] | None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:   # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
-    configure_logging(args.log_level, sys.stderr)
+    configure_logging(args.log_level, sys.stderr, args.log_format)
 
     if args.check:
         return run_check_command(sys.stdout, args)
@@ -604,9 +700,15 @@ def _main(argv: list[str] | None) -> int:
         comm = comm[:TASK_COMM_LEN - 1]
         log.warning("--comm longer than the kernel keeps; matching the first 15 characters", comm=comm)
 
+    stages = Stages()
+    problem = stages.start(args, redactor)
+    if problem is not None:
+        return problem
+
     try:
         output = Output(args.output, binary=args.format == "har")
     except OSError as exc:
+        stages.close()
         return fail(f"cannot open output file {args.output!r}: {exc.strerror or exc}",
                     "choose a writable path with -o")
     if output.is_stdout and args.format == "text" and hasattr(output.stream, "reconfigure"):
@@ -631,10 +733,11 @@ def _main(argv: list[str] | None) -> int:
                 return fail(f"cannot write output: {exc.strerror or exc}", "check free space and the -o path")
             log.info("capture started", format=args.format, output=args.output or "stdout")
             return CaptureRun(tracer, writer, exchange_filter, args.count, args.duration, sys.stderr,
-                              scope=container_scope(args.container)).run()
+                              scope=container_scope(args.container), **stages.wiring(tracer)).run()
     except HttptraceError as exc:
         return fail(*_describe_error(exc))
     finally:
+        stages.close()
         if writer is not None:
             try:
                 writer.close()

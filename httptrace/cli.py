@@ -398,7 +398,7 @@ class CaptureRun:
 
     def __init__(self, tracer, writer, exchange_filter: ExchangeFilter, count: int | None,
                  duration: float | None, summary_stream: IO[str], scope=None, observers=(), exporters=(),
-                 extra_stats=(), on_batch=()):
+                 extra_stats=(), on_batch=(), on_stop=()):
         """scope: the --container filter (None: all); observers see every exchange in scope (metrics,
         whatever the display filters say), exporters every exchange shown (spans); extra_stats:
         callables returning counters for the summary."""
@@ -407,6 +407,7 @@ class CaptureRun:
         self.exporters = tuple(exporters)
         self.extra_stats = tuple(extra_stats)
         self.on_batch = tuple(on_batch)
+        self.on_stop = tuple(on_stop)   # before the summary: stages flush, so it has their final counts
         self.tracer = tracer
         self.writer = writer
         self.keep = exchange_filter
@@ -534,6 +535,8 @@ class CaptureRun:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             gc.set_threshold(*gc_thresholds)
+            for hook in self.on_stop:
+                hook()
             self.print_summary()
         drops = _safe_stats(self.tracer).get("drops")
         if drops:
@@ -636,7 +639,7 @@ class Stages:
     def wiring(self, tracer) -> dict:
         """CaptureRun's keyword arguments for the stages that run."""
         extra_stats = [self.spans.stats] if self.spans is not None else []
-        wiring: dict[str, Any] = {"extra_stats": extra_stats,
+        wiring: dict[str, Any] = {"extra_stats": extra_stats, "on_stop": [self.close],
                                   "exporters": [self.spans.submit] if self.spans is not None else []}
         if self.metrics is not None:
             def stats() -> dict:
@@ -650,9 +653,10 @@ class Stages:
         return wiring
 
     def close(self) -> None:
-        if self.spans is not None:
+        """Idempotent: called before the summary, and again on the way out."""
+        if self.spans is not None and not self.spans.closed:
             self.spans.close()
-            if self.spans.dropped or self.spans.failed:
+            if self.spans.stats()["otlp_dropped"]:
                 log.warning("spans were not delivered", **self.spans.stats(),
                             fix="check --otlp-endpoint, or that the collector keeps up")
         if self.metrics is not None:

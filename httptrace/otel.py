@@ -70,7 +70,8 @@ class SpanExport:
     """The --otlp-endpoint stage: submit(exchange) on the reader's thread, spans made on a worker."""
 
     def __init__(self, endpoint: str, redactor: Optional[Redactor] = None, containers=None,
-                 queue_size: int = DEFAULT_QUEUE, headers: Optional[Dict[str, str]] = None):
+                 queue_size: int = DEFAULT_QUEUE, headers: Optional[Dict[str, str]] = None,
+                 sdk_queue: int = SDK_QUEUE, batch_size: int = BATCH_SIZE, timeout: float = EXPORT_TIMEOUT_S):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
         from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -83,9 +84,11 @@ class SpanExport:
             containers = default_resolver()
         self._containers = containers
         self.queue_size = queue_size
+        self._in_flight_limit = max(1, sdk_queue - batch_size)   # so the SDK's queue can never be full
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
+        self.closed = False
         self.submitted = 0
         self.dropped = 0          # queue full, or left over at exit
         self._ended = 0           # spans handed to the batch processor
@@ -125,8 +128,8 @@ class SpanExport:
                 return self._inner.force_flush(timeout_millis)
 
         self._processor = BatchSpanProcessor(
-            _Counting(OTLPSpanExporter(endpoint=self.endpoint, timeout=EXPORT_TIMEOUT_S, headers=headers)),
-            max_queue_size=SDK_QUEUE, schedule_delay_millis=SCHEDULE_DELAY_MS, max_export_batch_size=BATCH_SIZE)
+            _Counting(OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout, headers=headers)),
+            max_queue_size=sdk_queue, schedule_delay_millis=SCHEDULE_DELAY_MS, max_export_batch_size=batch_size)
         self._thread = threading.Thread(target=self._work, name="httptrace-otlp", daemon=True)
         self._thread.start()
 
@@ -161,7 +164,7 @@ class SpanExport:
             self._wake.wait(0.2)
             self._wake.clear()
             while self._queue:
-                if self._in_flight() >= SDK_QUEUE - BATCH_SIZE:   # exporter behind: let our queue fill
+                if self._in_flight() >= self._in_flight_limit:   # the exporter is behind: our queue fills
                     if self._stopping:
                         return
                     time.sleep(0.01)
@@ -262,6 +265,9 @@ class SpanExport:
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Export what is queued (for at most `timeout` seconds), then stop; leftovers count as dropped."""
+        if self.closed:
+            return
+        self.closed = True
         deadline = time.monotonic() + timeout
         while self._queue and self._thread.is_alive() and time.monotonic() < deadline:
             self._wake.set()

@@ -95,10 +95,17 @@ def _unescape_mountinfo(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
+CGROUP2_ENV = "HTTPTRACE_CGROUP2"
+
+
 def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
     """Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup (unified), /sys/fs/cgroup/unified
     (hybrid), or None (v1 only). A mount of the hierarchy's root is preferred over a bind mount of a
-    sub-tree (a container's own view)."""
+    sub-tree. $HTTPTRACE_CGROUP2 overrides: in a Kubernetes pod, the pod's own /sys/fs/cgroup is its
+    cgroup namespace's view, and the host's hierarchy is mounted elsewhere (deploy/kubernetes/)."""
+    override = os.environ.get(CGROUP2_ENV)
+    if override:
+        return override
     best: Optional[str] = None
     try:
         with open(mountinfo, encoding="utf-8", errors="replace") as f:

@@ -105,3 +105,11 @@ def test_the_current_process_is_resolved_through_proc(tmp_path):
     resolver.RESCAN_INTERVAL_S = 3600.0
     resolver._last_scan = float("inf")   # no walk: the answer must come from /proc/PID/cgroup
     assert resolver.path_of(inode, os.getpid()) == path
+
+
+def test_the_hierarchy_can_be_named_by_the_environment(tmp_path, monkeypatch):
+    """In a Kubernetes pod the node's hierarchy is mounted elsewhere (deploy/kubernetes/)."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("30 24 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+    monkeypatch.setenv("HTTPTRACE_CGROUP2", "/host/sys/fs/cgroup")
+    assert cgroup2_mount(str(mountinfo)) == "/host/sys/fs/cgroup"

@@ -225,17 +225,18 @@ class ContainerResolver:
             container = self._containers[path] = container_from_path(path)
             return container
 
-    def _from_v1(self, pid: int) -> Optional[Container]:
+    def _from_proc(self, pid: int) -> Optional[Container]:
+        """The container /proc/PID/cgroup names (cached per pid): its v2 line (for a connection without
+        a cgroup id: its open event was lost) or a v1 line (runtimes that only use v1 controllers)."""
         now = time.monotonic()
         cached = self._by_pid.get(pid)
         if cached is not None and now - cached[1] < self.PID_TTL_S:
             return cached[0]
         container = None
-        for hierarchy, path in proc_cgroups(pid).items():
-            if hierarchy:   # v1 lines; the v2 one was already looked at through the id
-                container = self._container_of_path(path)
-                if container is not None:
-                    break
+        for _, path in sorted(proc_cgroups(pid).items()):   # "" (the v2 line) first
+            container = self._container_of_path(path)
+            if container is not None:
+                break
         if len(self._by_pid) >= self.CACHE_LIMIT:
             self._by_pid.clear()
         self._by_pid[pid] = (container, now)
@@ -247,13 +248,7 @@ class ContainerResolver:
             container = self._container_of_path(path)
             if container is not None:
                 return container
-        elif pid and self.mount is not None and not cgroup_id:
-            # no id from the kernel (open event lost): the process's own v2 line
-            v2 = proc_cgroups(pid).get("")
-            container = self._container_of_path(v2) if v2 else None
-            if container is not None:
-                return container
-        return self._from_v1(pid) if pid else None
+        return self._from_proc(pid) if pid else None
 
     def for_connection(self, connection: Connection) -> Optional[Container]:
         return self.container(connection.cgroup_id, connection.pid)

@@ -36,7 +36,7 @@ DEFAULT_MAX_ROUTES = 500
 KNOWN_METHODS = frozenset(("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"))
 OTHER_ROUTE = "other"
 # Tracer counters that are levels, not totals.
-_GAUGES = frozenset(("connections_open", "buffered_bytes"))
+_GAUGES = frozenset(("connections_open", "buffered_bytes", "otlp_queued"))
 # Always exported (0 until they happen), so rate() and alerts work from the first scrape.
 _HEADLINE = ("events", "bytes", "drops", "gaps", "parse_errors", "connections", "connections_open",
              "exchanges", "truncated", "incomplete")

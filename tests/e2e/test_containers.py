@@ -112,3 +112,39 @@ def test_container_option_keeps_one_container_and_text_shows_its_short_id(contai
     lines = out.splitlines()
     assert len(lines) == 1 and "/wanted" in lines[0], out
     assert f"@{cid[:12]} server" in lines[0] and cid[:13] not in lines[0], lines[0]
+
+
+def test_metrics_and_spans_carry_the_container_id(containers, tmp_path):
+    """The container id is also the metrics' container_id label and the spans' container.id."""
+    import time
+    import urllib.request
+
+    from .test_otlp import Receiver, _attributes
+
+    receiver = Receiver()
+    metrics_port = free_port()
+    args = [a for c in containers for a in ("--port", str(c[4]))]
+    proc = start_cli(*args, "--metrics", f"127.0.0.1:{metrics_port}", "--otlp-endpoint",
+                     f"http://127.0.0.1:{receiver.port}", "--role", "server", "-o", os.devnull)
+    try:
+        for c in containers:
+            _curl(c[4], "/")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+            if all(f'container_id="{c[2]}"' in text for c in containers) and len(receiver.spans()) >= len(containers):
+                break
+            time.sleep(0.2)
+        for _, _, cid, _, _ in containers:
+            counts = [line for line in text.splitlines()
+                      if line.startswith("http_server_request_duration_seconds_count{") and f'container_id="{cid}"' in line]
+            assert len(counts) == 1 and counts[0].endswith(" 1.0"), counts
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+        receiver.close()
+    assert proc.returncode == 0, err
+    by_port = {_attributes(span.attributes)["server.port"]: resource for resource, span in receiver.spans()}
+    assert len(receiver.spans()) == len(containers)
+    for _, _, cid, _, port in containers:
+        assert by_port[port]["container.id"] == cid

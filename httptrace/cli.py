@@ -633,6 +633,8 @@ class Stages:
                 self.close()
                 return fail(f"--otlp-endpoint needs the OpenTelemetry SDK and OTLP exporter "
                             f"({exc.name or exc} is missing)", "pip install 'httptrace[otlp]'")
+            # The SDK's own warnings are plain-text lines amid ours; export failures are logged by the stage.
+            logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
             log.info("exporting spans", endpoint=self.spans.endpoint)
         return None
 

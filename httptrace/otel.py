@@ -27,9 +27,14 @@ import time
 from typing import Dict, Optional
 from urllib.parse import urlsplit
 
+import structlog
+
 from httptrace.exchange import Exchange, Role, header_value
 from httptrace.redact import Redactor
 
+log = structlog.get_logger("httptrace.otel")
+
+WARN_EVERY_S = 30.0         # export failures are logged at most this often
 DEFAULT_QUEUE = 4096        # exchanges waiting for the worker
 SDK_QUEUE = 8192            # the batch processor's own queue: kept from ever filling (see module doc)
 BATCH_SIZE = 512
@@ -101,6 +106,7 @@ class SpanExport:
         self._providers: Dict[tuple, object] = {}     # (pid, comm, container id) -> its tracer
         self._by_connection: Dict[int, tuple] = {}    # id(connection) -> (connection, tracer)
         self._span_errors = 0
+        self._warned_at = -WARN_EVERY_S
 
         stage = self
 
@@ -119,6 +125,11 @@ class SpanExport:
                     stage.exported += len(spans)
                 else:
                     stage.failed += len(spans)
+                    now = time.monotonic()
+                    if now - stage._warned_at >= WARN_EVERY_S:
+                        stage._warned_at = now
+                        log.warning("spans not delivered: the OTLP endpoint did not accept a batch",
+                                    endpoint=stage.endpoint, spans=len(spans), failed_total=stage.failed)
                 return result
 
             def shutdown(self):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""httptrace benchmarks (`make bench`): eight figures, each a ratio or a rate measured within one run.
+"""httptrace benchmarks (`make bench`): nine figures, each a ratio or a rate measured within one run.
 
     python bench/run.py                  # everything, ~5-8 minutes; table on stdout, bench/results.json
     python bench/run.py --only 1,2,6     # some figures
@@ -799,6 +799,47 @@ class Bench:
             f"{rss[keys[3]]:.0f} MiB over the 2nd {n_exch} ({'flat' if flat else 'GROWS'})",
             "<= 150 MB, flat", peak <= 150 and flat, rss_mib=rss, anon_mib=anon))
 
+    # -- figure 9 --
+
+    def exports(self) -> None:
+        """Agent CPU per exchange with --metrics, and with --otlp-endpoint, next to plain JSON output, at a
+        rate the agent holds (throttled wrk, as in figure 4); the three interleaved, twice each."""
+        ng = self.nginx
+        delay_script = write_lua(self.workdir, "delay1ms.lua", "function delay() return 1 end\n")
+        seconds = 2 if self.quick else 4
+        sink = OtlpSink()
+        configs = {"json": lambda: [], "metrics": lambda: ["--metrics", f"127.0.0.1:{free_port()}"],
+                   "otlp": lambda: ["--otlp-endpoint", sink.url]}
+        runs: dict[str, list] = {name: [] for name in configs}
+        try:
+            for _ in range(2):
+                for name, extra in configs.items():
+                    a = self.agent(self.full_capture_args(ng.worker, ng.port) + extra())
+                    w = wrk(ng.url, seconds, conns=20, script=delay_script)
+                    wait_idle(a.pid)
+                    summary = self.finish(a)
+                    exchanges = max(1, summary.get("exchanges", 0))
+                    entry = {"rps": w["rps"], "exchanges": summary.get("exchanges", 0),
+                             "us_per_exchange": summary["capture_cpu_s"] / exchanges * 1e6,
+                             "otlp_spans": summary.get("otlp_spans", 0), "otlp_dropped": summary.get("otlp_dropped", 0)}
+                    runs[name].append(entry)
+                    log(f"exports {name}: {w['rps']:.0f}/s {entry['us_per_exchange']:.1f} us/exchange"
+                        + (f" spans={entry['otlp_spans']} dropped={entry['otlp_dropped']}" if name == "otlp" else ""))
+        finally:
+            sink.close()
+        self.raw["exports"] = {"runs": runs, "otlp_posts": sink.posts, "otlp_bytes": sink.bytes}
+        best = {name: min(r["us_per_exchange"] for r in entries) for name, entries in runs.items()}
+        for fid, name, flag in (("9a", "metrics", "--metrics"), ("9b", "otlp", "--otlp-endpoint")):
+            ratio = best[name] / max(1e-9, best["json"])
+            display = f"{best[name]:.1f} us/exchange (plain JSON {best['json']:.1f} us: x{ratio:.2f})"
+            if name == "otlp":
+                spans = sum(r["otlp_spans"] for r in runs[name])
+                exchanged = sum(r["exchanges"] for r in runs[name])
+                dropped = sum(r["otlp_dropped"] for r in runs[name])
+                display += f"; {spans}/{exchanged} spans delivered, {dropped} dropped"
+            self.rows.append(row(fid, f"Agent CPU per exchange with {flag}, JSON output too", best[name], display,
+                                 "reported", None, ratio=round(ratio, 3), runs=runs[name]))
+
     # -- figure 8 --
 
     def versus_tshark(self) -> None:
@@ -917,6 +958,39 @@ class Bench:
             log(f"  self      {100 * n / max(1, total):5.1f}%  {name}")
 
 
+class OtlpSink:
+    """An OTLP/HTTP endpoint for figure 9: reads each export, counts its bytes, answers 200 (no decoding:
+    the figure is the agent's cost, not the receiver's)."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.posts = 0
+        self.bytes = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                sink.posts += 1
+                sink.bytes += len(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def summarize_collapsed(path: str, top: int = 25):
     """py-spy raw (collapsed) stacks -> top functions by self and by inclusive samples."""
     self_counts, incl_counts = collections.Counter(), collections.Counter()
@@ -1031,17 +1105,17 @@ def markdown(results_path: str) -> str:
 
 
 STEP_IDS = {"saturation": "1-3", "capacity": "4", "bodies": "5", "startup": "6", "memory": "7",
-            "versus_tshark": "8", "parser_bench": "P", "profile": "prof"}
+            "versus_tshark": "8", "exports": "9", "parser_bench": "P", "profile": "prof"}
 
 FIGURES = {
     "1": "saturation", "2": "saturation", "3": "saturation", "4": "capacity", "5": "bodies",
-    "6": "startup", "7": "memory", "8": "versus_tshark", "P": "parser_bench",
+    "6": "startup", "7": "memory", "8": "versus_tshark", "9": "exports", "P": "parser_bench",
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", help="comma list of figures: 1-8, P (parser bench)")
+    parser.add_argument("--only", help="comma list of figures: 1-9, P (parser bench)")
     parser.add_argument("--quick", action="store_true", help="shorter loads (rougher numbers)")
     parser.add_argument("--profile", action="store_true", help="py-spy the agent under saturation")
     parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
@@ -1091,7 +1165,7 @@ def main() -> int:
         bench.cleanup()
     meta["noise_end"] = noise()
     meta["seconds"] = round(time.monotonic() - started, 1)
-    order = {k: i for i, k in enumerate(["1-3", "1", "1c", "2a", "2ac", "2b", "2bc", "2c", "2cc", "3", "3c", "4", "5", "5b", "6", "7", "7b", "8", "P",
+    order = {k: i for i, k in enumerate(["1-3", "1", "1c", "2a", "2ac", "2b", "2bc", "2c", "2cc", "3", "3c", "4", "5", "5b", "6", "7", "7b", "8", "9a", "9b", "P",
                                           "prof"])}
     bench.rows.sort(key=lambda r: order.get(r["id"], 99))
     with open(opts.out, "w") as f:

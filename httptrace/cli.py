@@ -43,6 +43,7 @@ EXIT_INTERRUPTED = 130     # Ctrl-C before capture started, or a second Ctrl-C
 
 TASK_COMM_LEN = 16         # the kernel keeps 15 characters of a command name
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("console", "json")
 
 log = get_logger("httptrace.cli")
 
@@ -116,6 +117,44 @@ def _positive_number(what: str, allow_zero: bool = False) -> Callable[[str], flo
     return parse
 
 
+def _container_prefix(text: str) -> str:
+    prefix = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
+        raise argparse.ArgumentTypeError(f"--container takes the start of a container id (hex digits), not {text!r}")
+    return prefix
+
+
+def container_scope(prefixes, resolver=None):
+    """The --container filter: exchange -> bool, or None when every process is in scope."""
+    if not prefixes:
+        return None
+    from httptrace.containers import default_resolver
+
+    resolver = resolver or default_resolver()
+    prefixes = tuple(prefixes)
+
+    def in_scope(exchange) -> bool:
+        container = resolver.for_connection(exchange.connection)
+        return container is not None and container.id.startswith(prefixes)
+    return in_scope
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    from httptrace.metrics import parse_listen_address   # pure parsing: no optional package needed
+    try:
+        return parse_listen_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _otlp_url(text: str) -> str:
+    from httptrace.otel import traces_url   # pure parsing: no optional package needed
+    try:
+        return traces_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _checked(validate: Callable[[str], object]) -> Callable[[str], str]:
     """Run a filters.py parser for validation but keep the user's text."""
     def parse(text: str) -> str:
@@ -151,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="kernel programs: fast (Linux 5.17+: exit-only hooks, bpf_loop), compat "
                               "(5.8+: entry+exit hooks, bounded copy loop) or auto (default: fast where "
                               "the kernel has its helpers; HTTPTRACE_PROGRAMS sets it too)")
+    capture.add_argument("--container", action="append", metavar="ID-PREFIX",
+                         type=_container_prefix,
+                         help="only processes in a container whose id starts with this (repeatable; "
+                              "docker, containerd, CRI-O, podman, Kubernetes; applied in user space, "
+                              "to the output, metrics and spans alike)")
     capture.add_argument("--ring-buffer-size", type=_ring_buffer_size, metavar="BYTES",
                          help="kernel-to-user ring buffer size, e.g. 64M (default 32M, rounded up "
                               "to a power of two); raise it if the summary reports drops")
@@ -187,11 +231,25 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--no-redact", action="store_true",
                         help="show credentials in headers as captured (prints a warning)")
 
+    fleet = parser.add_argument_group("export (off by default; optional extras: pip install 'httptrace[metrics,otlp]')")
+    fleet.add_argument("--metrics", type=_listen_address, metavar="ADDR:PORT",
+                       help="serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. :9464); they count "
+                            "every captured exchange, whatever the display filters show")
+    fleet.add_argument("--metrics-max-routes", type=_int_in(1, None, "--metrics-max-routes"), default=500,
+                       metavar="N", help="distinct http_route values per command and method (default 500); "
+                                         "more become 'other'")
+    fleet.add_argument("--otlp-endpoint", type=_otlp_url, metavar="URL",
+                       help="export each shown exchange as an OpenTelemetry span over OTLP/HTTP, e.g. "
+                            "http://collector:4318 (/v1/traces is added when the URL has no path)")
+
     misc = parser.add_argument_group("diagnostics")
     misc.add_argument("--check", action="store_true",
                       help="check that this host can run httptrace, then exit")
     misc.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                       help="diagnostics on stderr (default info)")
+    misc.add_argument("--log-format", choices=LOG_FORMATS,
+                      help="console (readable) or json (one object per line); default: console on a "
+                           "terminal, json otherwise")
     misc.add_argument("--version", action="version", version=f"%(prog)s {httptrace_version()}")
     return parser
 
@@ -248,8 +306,9 @@ class _RenderingHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure_logging(level: str = "info", stream: IO[str] | None = None) -> None:
-    """httptrace's log records to `stream` (stderr by default): readable on a terminal, JSON otherwise.
+def configure_logging(level: str = "info", stream: IO[str] | None = None, fmt: str | None = None) -> None:
+    """httptrace's log records to `stream` (stderr by default): readable on a terminal, JSON otherwise,
+    unless `fmt` ("console" or "json", --log-format) says which.
 
     The library only hands records to the `httptrace` logger of the logging module (see _log.py); the
     CLI is the one place that renders them, with this handler, and keeps them from the root logger."""
@@ -259,7 +318,7 @@ def configure_logging(level: str = "info", stream: IO[str] | None = None) -> Non
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if _isatty(stream):
+    if fmt == "console" or (fmt is None and _isatty(stream)):
         processors.append(structlog.dev.ConsoleRenderer(colors="NO_COLOR" not in os.environ))
     else:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
@@ -378,7 +437,17 @@ class CaptureRun:
     """One capture: counts what was shown, stops on signals/count/duration, summarises."""
 
     def __init__(self, tracer: ExchangeSource, writer: ExchangeWriter, exchange_filter: ExchangeFilter, count: int | None,
-                 duration: float | None, summary_stream: IO[str]):
+                 duration: float | None, summary_stream: IO[str], scope=None, observers=(), exporters=(),
+                 extra_stats=(), on_batch=(), on_stop=()):
+        """scope: the --container filter (None: all); observers see every exchange in scope (metrics,
+        whatever the display filters say), exporters every exchange shown (spans); extra_stats:
+        callables returning counters for the summary."""
+        self.scope = scope
+        self.observers = tuple(observers)
+        self.exporters = tuple(exporters)
+        self.extra_stats = tuple(extra_stats)
+        self.on_batch = tuple(on_batch)
+        self.on_stop = tuple(on_stop)   # before the summary: stages flush, so it has their final counts
         self.tracer = tracer
         self.writer = writer
         self.keep = exchange_filter
@@ -406,6 +475,8 @@ class CaptureRun:
 
     def summary_line(self) -> str:
         stats = _safe_stats(self.tracer)
+        for more in self.extra_stats:
+            stats.update(more())
         # The headline counters always; the tracer's finer-grained ones only when they happened.
         keys = [k for k in _SUMMARY_KEYS if k in stats] + sorted(
             k for k in stats if k not in _SUMMARY_KEYS and stats[k])
@@ -421,6 +492,8 @@ class CaptureRun:
 
     def _write(self, batch: list[Exchange]) -> bool:
         """Write the exchanges the filter keeps, then flush once; True when --count is reached."""
+        if self.scope is not None or self.observers or self.exporters or self.on_batch:
+            return self._write_staged(batch)
         keep, write, count = self.keep, self.writer.write, self.count
         done = False
         for exchange in batch:
@@ -432,6 +505,30 @@ class CaptureRun:
                     break
         if batch:
             self.writer.flush()
+        return done
+
+    def _write_staged(self, batch: list) -> bool:
+        """_write with the optional stages: --container scope, metrics, span export."""
+        scope, observers, exporters = self.scope, self.observers, self.exporters
+        keep, write, count = self.keep, self.writer.write, self.count
+        done = False
+        for exchange in batch:
+            if scope is not None and not scope(exchange):
+                continue
+            for observe in observers:
+                observe(exchange)
+            if done or not keep(exchange):
+                continue   # after --count is reached, metrics still see the rest of this batch
+            write(exchange)
+            for export in exporters:
+                export(exchange)
+            self.shown += 1
+            if count is not None and self.shown >= count:
+                done = True
+        if batch:
+            self.writer.flush()
+        for hook in self.on_batch:
+            hook()
         return done
 
     def run(self) -> int:
@@ -478,6 +575,8 @@ class CaptureRun:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             gc.set_threshold(*gc_thresholds)
+            for hook in self.on_stop:
+                hook()
             self.print_summary()
         drops = _safe_stats(self.tracer).get("drops")
         if drops:
@@ -542,6 +641,70 @@ def run_check_command(out: IO[str], args: argparse.Namespace) -> int:
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
+class Stages:
+    """The optional export stages (--metrics, --otlp-endpoint): started before the capture, so a port
+    in use or a missing package fails before anything is attached; closed after it."""
+
+    def __init__(self):
+        self.metrics = None
+        self.spans = None
+
+    def start(self, args: argparse.Namespace, redactor: Redactor) -> int | None:
+        """None when started, else the exit code of the one-line error already printed."""
+        if args.metrics is not None:
+            addr, port = args.metrics
+            try:
+                from httptrace.metrics import Metrics
+                self.metrics = Metrics(max_routes=args.metrics_max_routes)
+            except ImportError as exc:
+                return fail(f"--metrics needs the prometheus-client package ({exc.name or exc} is missing)",
+                            "pip install 'httptrace[metrics]'")
+            try:
+                self.metrics.serve(addr, port)
+            except OSError as exc:
+                return fail(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}",
+                            "choose another --metrics ADDR:PORT")
+            log.info("serving metrics", url=f"http://{addr}:{port}/metrics")
+        if args.otlp_endpoint is not None:
+            try:
+                from httptrace.otel import SpanExport
+                self.spans = SpanExport(args.otlp_endpoint, redactor=redactor)
+            except ImportError as exc:
+                self.close()
+                return fail(f"--otlp-endpoint needs the OpenTelemetry SDK and OTLP exporter "
+                            f"({exc.name or exc} is missing)", "pip install 'httptrace[otlp]'")
+            # The SDK's own warnings are plain-text lines amid ours; export failures are logged by the stage.
+            logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
+            log.info("exporting spans", endpoint=self.spans.endpoint)
+        return None
+
+    def wiring(self, tracer) -> dict:
+        """CaptureRun's keyword arguments for the stages that run."""
+        extra_stats = [self.spans.stats] if self.spans is not None else []
+        wiring: dict[str, Any] = {"extra_stats": extra_stats, "on_stop": [self.close],
+                                  "exporters": [self.spans.submit] if self.spans is not None else []}
+        if self.metrics is not None:
+            def stats() -> dict:
+                combined = _safe_stats(tracer)
+                for more in extra_stats:
+                    combined.update(more())
+                return combined
+            self.metrics.set_stats_source(stats)
+            wiring["observers"] = [self.metrics.observe]
+            wiring["on_batch"] = [self.metrics.refresh]
+        return wiring
+
+    def close(self) -> None:
+        """Idempotent: called before the summary, and again on the way out."""
+        if self.spans is not None and not self.spans.closed:
+            self.spans.close()
+            if self.spans.stats()["otlp_dropped"]:
+                log.warning("spans were not delivered", **self.spans.stats(),
+                            fix="check --otlp-endpoint, or that the collector keeps up")
+        if self.metrics is not None:
+            self.metrics.close()
+
+
 def _describe_error(exc: HttptraceError) -> tuple[str, str]:
     if isinstance(exc, EnvironmentProblem):
         return exc.problem, exc.fix
@@ -563,7 +726,7 @@ def _main(argv: list[str] | None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:   # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
-    configure_logging(args.log_level, sys.stderr)
+    configure_logging(args.log_level, sys.stderr, args.log_format)
 
     if args.check:
         return run_check_command(sys.stdout, args)
@@ -583,9 +746,15 @@ def _main(argv: list[str] | None) -> int:
         comm = comm[:TASK_COMM_LEN - 1]
         log.warning("--comm longer than the kernel keeps; matching the first 15 characters", comm=comm)
 
+    stages = Stages()
+    problem = stages.start(args, redactor)
+    if problem is not None:
+        return problem
+
     try:
         output = Output(args.output, binary=args.format == "har")
     except OSError as exc:
+        stages.close()
         return fail(f"cannot open output file {args.output!r}: {exc.strerror or exc}",
                     "choose a writable path with -o")
     if output.is_stdout and args.format == "text" and hasattr(output.stream, "reconfigure"):
@@ -609,10 +778,12 @@ def _main(argv: list[str] | None) -> int:
             except OSError as exc:   # emptying the file, or writing the HAR header
                 return fail(f"cannot write output: {exc.strerror or exc}", "check free space and the -o path")
             log.info("capture started", format=args.format, output=args.output or "stdout")
-            return CaptureRun(tracer, writer, exchange_filter, args.count, args.duration, sys.stderr).run()
+            return CaptureRun(tracer, writer, exchange_filter, args.count, args.duration, sys.stderr,
+                              scope=container_scope(args.container), **stages.wiring(tracer)).run()
     except HttptraceError as exc:
         return fail(*_describe_error(exc))
     finally:
+        stages.close()
         if writer is not None:
             try:
                 writer.close()

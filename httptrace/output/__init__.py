@@ -32,6 +32,15 @@ class OutputOptions:
     include_bodies: bool = True     # False with --no-body: sizes only
     verbosity: int = 0              # text only: 1 adds headers, 2 adds bodies
     color: bool = False             # text only
+    containers: Any = None          # a containers.ContainerResolver; None: the process-wide one
+
+
+def container_resolver(options: OutputOptions):
+    """The resolver the writers use for the `container` field (imported late: optional stage)."""
+    if options.containers is not None:
+        return options.containers
+    from httptrace.containers import default_resolver
+    return default_resolver()
 
 
 def make_writer(fmt: str, stream: IO[Any], options: OutputOptions) -> ExchangeWriter:

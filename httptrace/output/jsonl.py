@@ -16,12 +16,20 @@ from typing import IO, Any, Iterable
 import orjson
 
 from httptrace.exchange import Connection, Endpoint, Exchange, Message
-from httptrace.output import OutputOptions, body_as_text, iso_utc
+from httptrace.output import OutputOptions, body_as_text, container_resolver, iso_utc
 from httptrace.redact import Redactor
 
 
 def _endpoint(endpoint: Endpoint | None) -> dict[str, Any] | None:
     return None if endpoint is None else {"ip": endpoint.ip, "port": endpoint.port}
+
+
+def _container_field(connection: Connection, containers=None) -> dict[str, Any] | None:
+    if containers is None:
+        from httptrace.containers import default_resolver
+        containers = default_resolver()
+    container = containers.for_connection(connection)
+    return None if container is None else container.as_dict()
 
 
 def _connection_fields(connection: Connection) -> dict[str, Any]:
@@ -60,8 +68,10 @@ def _message_fields(message: Message, redactor: Redactor, include_bodies: bool) 
     return fields
 
 
-def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: bool = True) -> dict[str, Any]:
-    """The JSON object for one exchange, as a dict (also for tools that post-process)."""
+def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: bool = True,
+                     containers=None) -> dict[str, Any]:
+    """The JSON object for one exchange, as a dict (also for tools that post-process).
+    containers: the ContainerResolver for the `container` field (default: the process-wide one)."""
     record = _connection_dict(exchange.connection, exchange.request.first_byte_ns)
     latency = exchange.latency_ns
     record["latency_ms"] = None if latency is None else round(latency / 1_000_000, 3)
@@ -73,13 +83,25 @@ def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: boo
     record["reset_code"] = exchange.reset_code
     grpc = exchange.grpc
     record["grpc"] = None if grpc is None else grpc._asdict()
-    return record
+    record["container"] = _connection_container(exchange.connection, containers)   # added last: keeps the
+    return record                                                                   # older fields' order
 
 
 # A keep-alive connection carries many exchanges: its fields are built once.  Keyed by id() with
 # the object kept alongside, so a reused id can never return stale fields.
 _CONNECTION_CACHE_LIMIT = 4096
 _connection_dicts: dict[int, tuple[Connection, dict[str, Any]]] = {}
+_connection_containers: dict[int, tuple[Connection, dict[str, Any] | None]] = {}
+
+
+def _connection_container(connection: Connection, containers=None) -> dict[str, Any] | None:
+    """The `container` field of a connection, resolved once per connection."""
+    cached = _connection_containers.get(id(connection))
+    if cached is None or cached[0] is not connection:
+        if len(_connection_containers) >= _CONNECTION_CACHE_LIMIT:
+            _connection_containers.clear()
+        cached = _connection_containers[id(connection)] = (connection, _container_field(connection, containers))
+    return None if cached[1] is None else dict(cached[1])   # a copy: callers may edit their record
 
 
 def _connection_dict(connection: Connection, first_byte_ns: int) -> dict[str, Any]:
@@ -108,9 +130,10 @@ def exchange_record(exchange: Exchange, *, include_bodies: bool = True, redact: 
     return loaded
 
 
-def exchange_to_json(exchange: Exchange, redactor: Redactor, include_bodies: bool = True) -> str:
+def exchange_to_json(exchange: Exchange, redactor: Redactor, include_bodies: bool = True,
+                     containers=None) -> str:
     """One JSON Lines record as text, without the newline."""
-    return orjson.dumps(exchange_to_dict(exchange, redactor, include_bodies)).decode()
+    return orjson.dumps(exchange_to_dict(exchange, redactor, include_bodies, containers)).decode()
 
 
 # Bodies longer than this are encoded piece by piece, straight to the stream: orjson grows one
@@ -161,14 +184,15 @@ class JsonLinesWriter:
         self._binary = getattr(stream, "buffer", None)
         self._redactor = options.redactor
         self._include_bodies = options.include_bodies
+        self._containers = container_resolver(options)
 
     def write(self, exchange: Exchange) -> None:
         if self._binary is not None:
-            record = exchange_to_dict(exchange, self._redactor, self._include_bodies)
+            record = exchange_to_dict(exchange, self._redactor, self._include_bodies, self._containers)
             if not (_has_large_body(exchange) and _write_large_bodies(self._binary, record)):
                 self._binary.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         else:
-            self._text.write(exchange_to_json(exchange, self._redactor, self._include_bodies) + "\n")
+            self._text.write(exchange_to_json(exchange, self._redactor, self._include_bodies, self._containers) + "\n")
 
     def flush(self) -> None:
         if self._binary is not None:

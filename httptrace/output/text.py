@@ -2,6 +2,9 @@
 
     20:31:07.123456 4242/nginx server <- 10.0.0.7:51234 GET /api/users 200 12.3ms req=0B resp=1.2KiB
 
+A process in a container shows the first 12 characters of the container id after its name
+(`4242/nginx@3f2a9c1b0d4e`), as `docker ps` does.
+
 Time is local (like tcpdump); the arrow points from the peer that sent the request.
 Everything shown comes from the network, so control characters are escaped: a crafted
 request must not be able to drive the terminal of the person watching it.
@@ -12,7 +15,7 @@ import time
 from typing import IO
 
 from httptrace.exchange import Endpoint, Exchange, Flag, Message, Role
-from httptrace.output import OutputOptions, body_as_text, decoded_content, endpoint_text
+from httptrace.output import OutputOptions, body_as_text, container_resolver, decoded_content, endpoint_text
 
 # How much of a binary body -vv shows as hex.
 HEX_PREVIEW_BYTES = 32
@@ -74,9 +77,13 @@ def _paint(text: str, code: str, color: bool) -> str:
     return f"{code}{text}{_RESET}" if color else text
 
 
-def format_summary_line(exchange: Exchange, color: bool = False) -> str:
-    """The one line printed for every exchange."""
+def format_summary_line(exchange: Exchange, color: bool = False, containers=None) -> str:
+    """The one line printed for every exchange (containers: a ContainerResolver, to name containers)."""
     connection = exchange.connection
+    container = containers.for_connection(connection) if containers is not None else None
+    process = f"{connection.pid}/{safe_line(connection.comm)}"
+    if container is not None:
+        process += "@" + safe_line(container.id[:12])
     request = exchange.request
     response = exchange.response
     arrow = {Role.CLIENT: "->", Role.SERVER: "<-"}.get(connection.role, "--")
@@ -91,7 +98,7 @@ def format_summary_line(exchange: Exchange, color: bool = False) -> str:
         status += " grpc=" + ("?" if grpc_status is None else str(grpc_status))
     parts = [
         _paint(_local_clock(request.first_byte_ns), _DIM, color),
-        f"{connection.pid}/{safe_line(connection.comm)}",
+        process,
         connection.role.value,
         arrow,
         _peer(connection.remote),
@@ -170,9 +177,10 @@ class TextWriter:
     def __init__(self, stream: IO[str], options: OutputOptions):
         self._stream = stream
         self._options = options
+        self._containers = container_resolver(options)
 
     def write(self, exchange: Exchange) -> None:
-        text = format_summary_line(exchange, self._options.color)
+        text = format_summary_line(exchange, self._options.color, self._containers)
         if self._options.verbosity >= 1:
             text = "\n".join([text, *format_details(exchange, self._options)])
         self._stream.write(text + "\n")

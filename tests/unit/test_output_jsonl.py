@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from .test_output_common import exchanges, make_exchange, make_request, make_response
 
 TOP_LEVEL_ORDER = ("time", "pid", "comm", "role", "local", "remote", "tls", "latency_ms", "request", "response", "flags",
-                   "stream_id", "reset_code", "grpc")
+                   "stream_id", "reset_code", "grpc", "container")
 TOP_LEVEL = set(TOP_LEVEL_ORDER)
 REQUEST = {"method", "target", "version", "headers", "body", "body_encoding", "body_size", "truncated", "trailers"}
 RESPONSE = {"status", "reason", "version", "headers", "body", "body_encoding", "body_size", "truncated", "trailers"}

@@ -15,6 +15,8 @@ made through references taken before the choice.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .http2 import ACCEPT, DEFAULT_MAX_FRAME_SIZE, MORE, PREFACE, chain_verdict, is_server_preface
 
 HTTP1 = 1
@@ -22,8 +24,13 @@ HTTP2 = 2
 SNIFF_EVENTS = 8          # mid-stream: events held while neither protocol is clear
 SNIFF_BYTES = 64 << 10    # ... and bytes
 
+if TYPE_CHECKING:
+    from .h1pairing import Http1Session
+    from .http1 import Bytes
+    from .protocol import DirectionReader
 
-def sniff(data, starts: list[int], at_start: bool) -> tuple[int | None, bool]:
+
+def sniff(data: Bytes, starts: list[int], at_start: bool) -> tuple[int | None, bool]:
     """(HTTP1, HTTP2 or None = not yet, whether the sender is the HTTP/2 client) for the bytes one
     direction sent so far, `starts` being where its events began in `data`."""
     n = len(data)
@@ -57,15 +64,15 @@ class Sniffer:
 
     __slots__ = ("session", "direction", "at_start", "target", "buffer", "starts")
 
-    def __init__(self, session, direction: int, at_start: bool):
+    def __init__(self, session: Http1Session, direction: int, at_start: bool):
         self.session = session        # has .sniffed (the held calls) and .protocol_found()
         self.direction = direction
         self.at_start = at_start
-        self.target = None            # the reader chosen, once it is
+        self.target: DirectionReader | None = None   # the reader chosen, once it is
         self.buffer = bytearray()     # what this direction sent so far
         self.starts: list[int] = []
 
-    def receive_data(self, data, ts_ns: int) -> None:
+    def receive_data(self, data: Bytes, ts_ns: int) -> None:
         if self.target is not None:
             self.target.receive_data(data, ts_ns)
             return
@@ -76,7 +83,7 @@ class Sniffer:
                 and (first != 0 if self.at_start else 0x41 <= first <= 0x5A or 0x61 <= first <= 0x7A)):
             # The common case, decided by the first byte with nothing held: no copy, no replay.
             self.session.protocol_found(HTTP1, None, self.at_start)
-            self.target.receive_data(data, ts_ns)
+            self.target.receive_data(data, ts_ns)  # type: ignore[attr-defined]  # protocol_found() set it
             return
         self.session.sniffed.append((self.direction, "receive_data", (data, ts_ns)))
         self.starts.append(len(self.buffer))
@@ -103,12 +110,12 @@ class Sniffer:
     def receive_eof(self, ts_ns: int) -> None:
         if self.target is None:
             self.session.protocol_found(HTTP1, None, self.at_start)
-        self.target.receive_eof(ts_ns)
+        self.target.receive_eof(ts_ns)  # type: ignore[union-attr]  # protocol_found() set it
 
     def abort(self, ts_ns: int) -> None:
         if self.target is None:
             self.session.protocol_found(HTTP1, None, self.at_start)
-        self.target.abort(ts_ns)
+        self.target.abort(ts_ns)  # type: ignore[union-attr]  # protocol_found() set it
 
     def absorbs(self, count: int) -> bool:
         return self.target.absorbs(count) if self.target is not None else False

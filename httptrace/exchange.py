@@ -51,10 +51,10 @@ _FLAG_OF_BIT = ((F_GAP, Flag.GAP), (F_TRUNCATED, Flag.TRUNCATED), (F_PARSE_ERROR
                 (F_NOT_VISIBLE, Flag.NOT_VISIBLE), (F_UPGRADED, Flag.UPGRADED),
                 (F_INCOMPLETE, Flag.INCOMPLETE), (F_MID_STREAM, Flag.MID_STREAM), (F_RESET, Flag.RESET),
                 (F_REFUSED, Flag.REFUSED), (F_PUSHED, Flag.PUSHED), (F_HPACK_INCOMPLETE, Flag.HPACK_INCOMPLETE))
-_flag_sets: dict = {}
+_flag_sets: dict[int, frozenset[Flag]] = {}
 
 
-def flags_of(bits: int) -> frozenset:
+def flags_of(bits: int) -> frozenset[Flag]:
     """The Flag set for a bit mask (cached: there are few distinct combinations)."""
     flags = _flag_sets.get(bits)
     if flags is None:

@@ -9,12 +9,19 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from .exchange import GrpcCall, header_value
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
-def is_grpc(headers) -> bool:
+    from .exchange import Message
+    from .http1 import Bytes
+
+
+def is_grpc(headers: Iterable[tuple[str, str]]) -> bool:
     """content-type application/grpc, application/grpc+proto, ... (and grpc-web's, same framing)."""
     content_type = header_value(headers, "content-type")
     return content_type is not None and content_type.lower().startswith("application/grpc")
@@ -41,7 +48,7 @@ class MessageCounter:
         self._prefix = b""        # the part of a 5-byte prefix seen so far
         self._left = 0            # payload bytes of the current message still to come
 
-    def feed(self, view, start: int, stop: int) -> None:
+    def feed(self, view: Bytes, start: int, stop: int) -> None:
         if not self.synced:
             return
         while start < stop:
@@ -63,7 +70,7 @@ class MessageCounter:
                 self.compressed = True
             self._left = int.from_bytes(prefix[1:5], "big")
 
-    def feed_parts(self, parts) -> None:
+    def feed_parts(self, parts: Iterable[Bytes]) -> None:
         for part in parts:
             self.feed(part, 0, len(part))
 
@@ -85,7 +92,7 @@ def percent_decoded(text: str) -> str:
         return text
 
 
-def call_of(request, response, request_counter: MessageCounter | None,
+def call_of(request: Message, response: Message | None, request_counter: MessageCounter | None,
             response_counter: MessageCounter | None) -> GrpcCall:
     """The GrpcCall for built request/response Messages (response may be None)."""
     service, method = service_and_method(request.target)

@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from .detect import HTTP1, Sniffer
-from .exchange import Connection, Exchange, Role
+from .exchange import F_GAP, F_INCOMPLETE, F_MID_STREAM, Connection, Exchange, Role, flags_of
 from .h2streams import Http2Session, parse_http2_settings
-from .http1 import (EITHER, F_GAP, F_INCOMPLETE, F_MID_STREAM, LOST, OPAQUE, PAUSED, REQUEST, RESPONSE, MessageBuilder,
-                    MessageReader, flags_of, switches_protocol)
+from .http1 import EITHER, LOST, OPAQUE, PAUSED, REQUEST, RESPONSE, MessageBuilder, MessageReader, switches_protocol
 from .streams import DirectionStream, Gap
 
 if TYPE_CHECKING:
+    from .protocol import DirectionReader
     from .sessions import Reassembler
 
 EGRESS = 0
@@ -74,7 +74,8 @@ class _Pending:
 class Http1Session:
     """One traced connection: two directions, the requests waiting for responses; the readers' sink."""
 
-    def __init__(self, owner: Reassembler, key, connection: Connection, *, mid_stream: bool, start: int | None):
+    def __init__(self, owner: Reassembler, key: tuple[int, int, int], connection: Connection, *, mid_stream: bool,
+                 start: int | None):
         self.owner = owner
         self.key = key
         self.connection = connection
@@ -87,12 +88,13 @@ class Http1Session:
             kinds = (RESPONSE, REQUEST)
         else:
             kinds = (EITHER, EITHER)
-        self.message_readers = tuple(MessageReader(kind, self, max_body=owner.max_body, max_header=owner.max_header,
-                                                   mid_stream=mid_stream, stats=owner._stats) for kind in kinds)
+        self.message_readers: tuple[MessageReader, ...] = tuple(
+            MessageReader(kind, self, max_body=owner.max_body, max_header=owner.max_header, mid_stream=mid_stream,
+                          stats=owner._stats) for kind in kinds)
         # What the Reassembler feeds: stand-ins until the first bytes tell HTTP/1 from HTTP/2 (detect.py).
         self.stand_ins = (Sniffer(self, EGRESS, not mid_stream), Sniffer(self, INGRESS, not mid_stream))
-        self.readers = self.stand_ins
-        self.sniffed: list = []       # calls the stand-ins held, in arrival order
+        self.readers: tuple[DirectionReader, ...] = self.stand_ins
+        self.sniffed: list[tuple[int, str, tuple[Any, ...]]] = []   # calls the stand-ins held, in arrival order
         self.successor: Http2Session | None = None   # after an h2c upgrade: where this connection went
         self.streams = tuple(DirectionStream(start, window=owner.reorder_window, timeout_ns=owner.reorder_timeout_ns,
                                              max_held_bytes=owner.max_connection_buffer) for _ in kinds)
@@ -119,12 +121,14 @@ class Http1Session:
 
     def protocol_found(self, protocol: int, client_direction: int | None, at_start: bool) -> None:
         """The first bytes told (detect.py): hand what was held to the readers of that protocol."""
+        targets: tuple[DirectionReader, ...]
         if protocol == HTTP1:
             targets = self.message_readers
             self.readers = targets
         else:
             targets = self.owner._start_http2(self, client_direction, at_start=at_start).readers
-        for stand_in, target in zip(self.stand_ins, targets):
+        # (cast: assigned either kind of reader, mypy joins the two tuples to object)
+        for stand_in, target in zip(self.stand_ins, cast("tuple[DirectionReader, ...]", targets)):
             stand_in.target = target
         held, self.sniffed = self.sniffed, []
         for direction, call, args in held:
@@ -153,7 +157,7 @@ class Http1Session:
         """A 101 to `Upgrade: h2c`: the rest of both directions is HTTP/2, stream 1 answers `entry`."""
         request_reader = self._request_reader()
         client = self.message_readers.index(request_reader)
-        request = entry.request
+        request: MessageBuilder = entry.request  # type: ignore[assignment]  # _asks_h2c() saw it
         self.successor = successor = self.owner._start_http2(
             self, client, at_start=True, upgrade_request=request,
             upgrade_settings=parse_http2_settings(request.header("http2-settings")))
@@ -172,6 +176,7 @@ class Http1Session:
 
     def message_started(self, reader: MessageReader, b: MessageBuilder) -> str | None:
         pending = self.pending
+        entry: _Pending | None
         if b.is_request:
             if len(pending) >= MAX_PENDING_REQUESTS:
                 self._evict_oldest()
@@ -196,7 +201,7 @@ class Http1Session:
             return None
         entry.response = b
         b.entry = entry
-        method = entry.request.method
+        method = entry.request.method  # type: ignore[union-attr]  # _answered_by() returns requests we have
         # The request reader may be waiting on this answer; it is the other reader, so calling it
         # from inside this one's callback is safe (and must not wait: the next response in this
         # very payload may answer a request that is still waiting in there).
@@ -442,7 +447,7 @@ class Http1Session:
         self._emit(entry)
 
     def _emit(self, entry: _Pending) -> None:
-        request = entry.request
+        request: MessageBuilder = entry.request  # type: ignore[assignment]  # emitted only when we have it
         response = entry.response
         bits = request.flags | self.conn_flags | entry.extra_flags
         if response is None:
@@ -510,7 +515,7 @@ class Http1Session:
         unparsed = (len(egress.buffer) + len(ingress.buffer) + egress.deferred_bytes + ingress.deferred_bytes
                     + out_stream.held_bytes + in_stream.held_bytes)
         if sniffing:
-            unparsed += sum(len(reader.buffer) for reader in self.readers if reader.target is None)
+            unparsed += sum(len(reader.buffer) for reader in self.stand_ins if reader.target is None)
         total = unparsed
         if egress.message is not None:
             total += egress.message.kept

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from typing import TYPE_CHECKING
 
 from .exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_PARSE_ERROR, F_PUSHED, F_REFUSED, F_RESET, Connection,
                        Exchange, Role, flags_of)
@@ -30,6 +31,13 @@ from .grpc import MessageCounter, call_of, is_grpc
 from .http1 import MessageBuilder
 from .http2 import LOST, SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_FRAME_SIZE, FrameReader
 from .streams import DirectionStream
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from .http1 import Bytes
+    from .sessions import Reassembler
+    from .streams import Gap
 
 MAX_STREAMS = 1024
 EGRESS = 0
@@ -61,7 +69,7 @@ _REQUEST_PSEUDO = frozenset((":method", ":path", ":scheme", ":authority", ":prot
 _REQUEST, _RESPONSE = 1, 2
 
 
-def _block_kind(fields) -> int | None:
+def _block_kind(fields: Sequence[tuple[str, str]]) -> int | None:
     """A request block (request pseudo-headers), a response block (:status), or neither (trailers,
     or a block whose pseudo-headers HPACK could not resolve)."""
     for name, _ in fields:
@@ -74,7 +82,7 @@ def _block_kind(fields) -> int | None:
     return None
 
 
-def _leading_pseudo(fields, name: str) -> str | None:
+def _leading_pseudo(fields: Sequence[tuple[str, str]], name: str) -> str | None:
     for field, value in fields:
         if field[:1] != ":":
             return None
@@ -88,10 +96,10 @@ class Http2Session:
 
     tentative = ()      # HTTP/1's pairing-after-loss state: nothing of the kind here
 
-    def __init__(self, owner, key, connection: Connection, *, streams, mid_stream: bool,
-                 client_direction: int | None = None, conn_flags: int = 0, last_ts: int | None = None,
-                 event_ts: list | None = None, upgrade_request: MessageBuilder | None = None,
-                 upgrade_settings: dict | None = None):
+    def __init__(self, owner: Reassembler, key: tuple[int, int, int], connection: Connection, *,
+                 streams: tuple[DirectionStream, ...], mid_stream: bool, client_direction: int | None = None,
+                 conn_flags: int = 0, last_ts: int | None = None, event_ts: list[int | None] | None = None,
+                 upgrade_request: MessageBuilder | None = None, upgrade_settings: dict[int, int] | None = None):
         self.owner = owner
         self.key = key
         self.connection = connection
@@ -105,7 +113,7 @@ class Http2Session:
         self.streams = streams
         self.last_ts = last_ts
         self.buffered = 0
-        self.event_ts = event_ts if event_ts is not None else [None, None]
+        self.event_ts: list[int | None] = event_ts if event_ts is not None else [None, None]
         self.max_body = owner.max_body
         at_start = not mid_stream
         self.readers = tuple(
@@ -140,7 +148,7 @@ class Http2Session:
                 self._learn_client(EGRESS if connection.role is Role.CLIENT else INGRESS)
         self._set_role(self.role)
 
-    def lost_bytes(self, direction: int, gap) -> None:
+    def lost_bytes(self, direction: int, gap: Gap) -> None:
         self.readers[direction].receive_missing(gap.size, gap.ts_ns, LOST)
 
     def request_bytes_follow(self) -> None:
@@ -195,8 +203,8 @@ class Http2Session:
 
     # -- sink interface for the FrameReaders --------------------------------------------------------
 
-    def h2_headers(self, reader: FrameReader, stream_id: int, fields, end_stream: bool, bits: int,
-                   first_ts: int) -> None:
+    def h2_headers(self, reader: FrameReader, stream_id: int, fields: list[tuple[str, str]] | None,
+                   end_stream: bool, bits: int, first_ts: int) -> None:
         direction = reader.direction
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -217,7 +225,7 @@ class Http2Session:
             stream.bits |= F_PARSE_ERROR        # frames after END_STREAM
             return
         elif direction == stream.client:
-            self._trailers(stream.request, fields, bits, reader.ts)
+            self._trailers(stream.request, fields, bits, reader.ts)  # type: ignore[arg-type]  # streams have one
         elif stream.response is None:
             if fields is None:
                 stream.response = self._placeholder(reader, bits)     # undecodable
@@ -235,8 +243,8 @@ class Http2Session:
         if end_stream:
             self._end(stream, direction)
 
-    def h2_push_promise(self, reader: FrameReader, stream_id: int, promised_id: int, fields, bits: int,
-                        first_ts: int) -> None:
+    def h2_push_promise(self, reader: FrameReader, stream_id: int, promised_id: int,
+                        fields: list[tuple[str, str]] | None, bits: int, first_ts: int) -> None:
         if fields is None or not promised_id or promised_id in self._streams:
             return
         client = 1 - reader.direction
@@ -248,7 +256,7 @@ class Http2Session:
         stream.bits |= F_PUSHED
         self.owner._stats["pushed_streams"] += 1
 
-    def h2_data(self, reader: FrameReader, stream_id: int, view, start: int, stop: int) -> None:
+    def h2_data(self, reader: FrameReader, stream_id: int, view: Bytes, start: int, stop: int) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
             self.owner._stats["skipped_bytes"] += stop - start
@@ -303,7 +311,7 @@ class Http2Session:
             self.owner._stats["refused_streams"] += 1
             self._emit(stream)
 
-    def h2_settings(self, reader: FrameReader, settings: dict) -> None:
+    def h2_settings(self, reader: FrameReader, settings: dict[int, int]) -> None:
         # A peer's SETTINGS are limits on what the other side sends it.
         other = self.readers[1 - reader.direction]
         for setting, value in settings.items():
@@ -344,7 +352,8 @@ class Http2Session:
         stream = self._streams[stream_id] = _Stream(stream_id, client)
         return stream
 
-    def _message(self, fields, first_ts: int, ts: int, bits: int, request: bool) -> MessageBuilder:
+    def _message(self, fields: Sequence[tuple[str, str]], first_ts: int, ts: int, bits: int,
+                 request: bool) -> MessageBuilder:
         b = MessageBuilder()
         b.is_request = request
         b.version = "HTTP/2"
@@ -380,13 +389,13 @@ class Http2Session:
 
     def _half(self, stream: _Stream, direction: int, reader: FrameReader) -> MessageBuilder:
         if direction == stream.client:
-            return stream.request
+            return stream.request  # type: ignore[return-value]  # a stream has its request
         if stream.response is None:
             stream.response = self._placeholder(reader, F_GAP)    # its HEADERS went by unseen
         return stream.response
 
     @staticmethod
-    def _trailers(b: MessageBuilder, fields, bits: int, ts: int) -> None:
+    def _trailers(b: MessageBuilder, fields: list[tuple[str, str]] | None, bits: int, ts: int) -> None:
         if fields:
             b.trailers = tuple(fields)
         b.flags |= bits
@@ -395,7 +404,7 @@ class Http2Session:
     def _count_grpc_late(self, stream: _Stream) -> None:
         """Only the response said gRPC: count the request's messages from what we kept of it."""
         stream.counters = [MessageCounter(), MessageCounter()]
-        request = stream.request
+        request: MessageBuilder = stream.request  # type: ignore[assignment]  # a stream has its request
         counter = stream.counters[stream.client]
         counter.feed_parts(request.parts)
         if request.kept < request.size:
@@ -407,7 +416,7 @@ class Http2Session:
             del self._streams[stream.id]
             self._emit(stream)
 
-    def _own_builders(self, stream: _Stream):
+    def _own_builders(self, stream: _Stream) -> Iterator[MessageBuilder]:
         if stream.request is not None and not stream.borrowed:
             yield stream.request
         if stream.response is not None:
@@ -415,7 +424,7 @@ class Http2Session:
 
     def _emit(self, stream: _Stream) -> None:
         self._kept -= stream.kept
-        request = stream.request
+        request: MessageBuilder = stream.request  # type: ignore[assignment]  # a stream has its request
         response = stream.response
         bits = self.conn_flags | stream.bits | request.flags
         if response is not None:
@@ -433,7 +442,7 @@ class Http2Session:
         self.owner._completed(exchange, bits)
 
 
-def parse_http2_settings(value: str | None) -> dict:
+def parse_http2_settings(value: str | None) -> dict[int, int]:
     """The HTTP2-Settings header of an h2c upgrade request: base64url SETTINGS payload -> {id: value}."""
     if not value:
         return {}

@@ -21,10 +21,14 @@ caller treats the state as lost (`lose_state`), which is what a real endpoint's 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, cast
 
 from hpack import Decoder
 from hpack.exceptions import InvalidTableIndexError
 from hpack.table import HeaderTable
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # Never a valid HTTP/2 field name or value (a NUL byte): marks what the table could not tell.
 UNKNOWN = b"\x00httptrace-unknown\x00"
@@ -126,9 +130,9 @@ class BlockDecoder:
 
     @property
     def complete(self) -> bool:
-        return self._decoder.header_table.complete
+        return cast(ObserverTable, self._decoder.header_table).complete   # (ours: set in __init__ and lose_state)
 
-    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+    def decode(self, block: bytes) -> Iterable[tuple[bytes, bytes]]:
         """(name, value) byte pairs in order, UNKNOWN where the table could not tell; raises
         hpack's HPACKDecodingError (or another error on garbage) when the block is not valid."""
         return self._decoder.decode(block, raw=True)
@@ -137,7 +141,8 @@ class BlockDecoder:
         """The receiving peer allows tables this large: keep that much when the size is unknown."""
         if size > self.table_limit:
             self.table_limit = min(size, 1 << 20)
-            self._decoder.header_table.limit = max(self._decoder.header_table.limit, self.table_limit)
+            table = cast(ObserverTable, self._decoder.header_table)    # (ours: set in __init__ and lose_state)
+            table.limit = max(table.limit, self.table_limit)
 
     def lose_state(self) -> None:
         """Bytes we could not decode went by: keep no entry we cannot place."""

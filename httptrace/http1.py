@@ -38,7 +38,8 @@ from .exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_NOT_VISIBLE, F_PARSE
                        F_TRUNCATED, F_UPGRADED, Message, flags_of, header_value)
 
 if TYPE_CHECKING:
-    from .sessions import _Pending
+    from .h1pairing import _Pending
+    from .protocol import DirectionReader
 
 # What readers read: the caller's bytes, or their own buffer of what waited.
 Bytes = Union[bytes, bytearray]
@@ -403,7 +404,7 @@ class MessageReader:
         self._line_start = True       # SYNC: the next byte begins a line
         self._next_flags = 0          # flags for the next message (bytes were skipped before it)
         # OPAQUE: a reader to pass the bytes to instead of dropping them (h2c: the HTTP/2 reader).
-        self.divert = None
+        self.divert: DirectionReader | None = None
 
     def __repr__(self) -> str:
         return f"<MessageReader kind={self.kind} state={STATE_NAMES[self.state]} buffered={len(self.buffer)}>"

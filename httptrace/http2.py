@@ -30,11 +30,18 @@ frame headers (`chain_verdict`).  Missing bytes inside a DATA payload are just c
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Protocol, cast
 
 from hyperframe.frame import Frame
 
 from .exchange import F_GAP, F_HPACK_INCOMPLETE, F_NOT_VISIBLE, F_PARSE_ERROR, F_TRUNCATED
 from .hpack_observer import UNKNOWN, BlockDecoder
+
+if TYPE_CHECKING:
+    from hyperframe.frame import (ContinuationFrame, GoAwayFrame, HeadersFrame, PushPromiseFrame, RstStreamFrame,
+                                  SettingsFrame)
+
+    from .http1 import Bytes
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -59,7 +66,7 @@ _FIXED_LENGTH = {PRIORITY: 5, RST_STREAM: 4, PING: 8, WINDOW_UPDATE: 4}
 _MAY_BE_LONG = (True, True, False, False, False, True, False, False, False, True)
 
 
-def plausible_header(view, at: int, max_frame_size: int) -> bool:
+def plausible_header(view: Bytes, at: int, max_frame_size: int) -> bool:
     """Whether view[at:at+9] could be a frame header a conforming peer sends (RFC 9113 section 4)."""
     kind = view[at + 3]
     if kind > CONTINUATION or view[at + 5] & 0x80:
@@ -83,10 +90,10 @@ def plausible_header(view, at: int, max_frame_size: int) -> bool:
 
 
 ACCEPT, MORE, REJECT = 1, 2, 3
-_candidates: dict[int, re.Pattern] = {}
+_candidates: dict[int, re.Pattern[bytes]] = {}
 
 
-def _candidate_pattern(max_frame_size: int) -> re.Pattern:
+def _candidate_pattern(max_frame_size: int) -> re.Pattern[bytes]:
     """A regex for positions whose first six bytes may begin a plausible header (a fast pre-filter:
     length within bounds, type <= 9, R bit clear)."""
     pattern = _candidates.get(max_frame_size)
@@ -99,7 +106,7 @@ def _candidate_pattern(max_frame_size: int) -> re.Pattern:
     return pattern
 
 
-def chain_verdict(view, at: int, end: int, max_frame_size: int, at_event_start: bool) -> int:
+def chain_verdict(view: Bytes, at: int, end: int, max_frame_size: int, at_event_start: bool) -> int:
     """Whether frames begin at view[at]: ACCEPT for two chained plausible headers, or one whose frame
     ends exactly where the bytes end if it began where an event began (events are syscalls: frames
     are written whole, and Go reads a header and then its payload); MORE when the bytes run out
@@ -117,7 +124,7 @@ def chain_verdict(view, at: int, end: int, max_frame_size: int, at_event_start: 
     return ACCEPT
 
 
-def is_server_preface(header) -> bool:
+def is_server_preface(header: Bytes) -> bool:
     """A server's first frame: SETTINGS, no flags, stream 0, a whole number of settings."""
     return (len(header) >= 9 and header[3] == SETTINGS and header[4] == 0 and not any(header[5:9])
             and (header[0] << 16 | header[1] << 8 | header[2]) % 6 == 0
@@ -136,13 +143,30 @@ S_SYNC = 7        # lost our place: looking for plausible frame headers
 S_CLOSED = 8
 
 
+class FrameSink(Protocol):
+    """What a FrameReader reports to (see the module docstring)."""
+
+    def h2_headers(self, reader: FrameReader, stream_id: int, fields: list[tuple[str, str]] | None,
+                   end_stream: bool, bits: int, first_ts: int) -> None: ...
+    def h2_push_promise(self, reader: FrameReader, stream_id: int, promised_id: int,
+                        fields: list[tuple[str, str]] | None, bits: int, first_ts: int) -> None: ...
+    def h2_data(self, reader: FrameReader, stream_id: int, view: Bytes, start: int, stop: int) -> None: ...
+    def h2_data_missing(self, reader: FrameReader, stream_id: int, count: int, bit: int) -> None: ...
+    def h2_end_stream(self, reader: FrameReader, stream_id: int) -> None: ...
+    def h2_reset(self, reader: FrameReader, stream_id: int, error_code: int) -> None: ...
+    def h2_goaway(self, reader: FrameReader, last_stream_id: int, error_code: int) -> None: ...
+    def h2_settings(self, reader: FrameReader, settings: dict[int, int]) -> None: ...
+    def h2_stream_damaged(self, reader: FrameReader, stream_id: int, bits: int) -> None: ...
+    def h2_framing_lost(self, reader: FrameReader, bits: int) -> None: ...
+
+
 class FrameReader:
     """Incremental HTTP/2 framing of what one side sends.  Never raises on bad input."""
 
     kind = 3   # http1.EITHER: the Reassembler only compares it for HTTP/1 bookkeeping
 
-    def __init__(self, direction: int, sink, *, complete_hpack: bool, expect_preface: bool, synced: bool,
-                 settings_known: bool, max_header_block: int = 256 << 10, stats: dict | None = None):
+    def __init__(self, direction: int, sink: FrameSink, *, complete_hpack: bool, expect_preface: bool, synced: bool,
+                 settings_known: bool, max_header_block: int = 256 << 10, stats: dict[str, int] | None = None):
         self.direction = direction
         self.sink = sink
         self.stats = stats if stats is not None else {}
@@ -194,7 +218,7 @@ class FrameReader:
         """Bytes held besides `buffer`: the header block being joined."""
         return self._block_size
 
-    def receive_data(self, data, ts_ns: int) -> None:
+    def receive_data(self, data: Bytes, ts_ns: int) -> None:
         if not data or self.state == S_CLOSED:
             return
         self._ts = ts_ns
@@ -206,6 +230,7 @@ class FrameReader:
                 self._data_content_done()
             return
         buffer = self.buffer
+        view: Bytes
         if buffer:
             self._old_len = len(buffer)
             buffer += data
@@ -310,7 +335,7 @@ class FrameReader:
 
     # -- the state machine -------------------------------------------------------------------------
 
-    def _run(self, view) -> int:
+    def _run(self, view: Bytes) -> int:
         i = 0
         n = len(view)
         handlers = _HANDLERS
@@ -321,7 +346,7 @@ class FrameReader:
             i = j
         return i
 
-    def _on_preface(self, view, i: int) -> int:
+    def _on_preface(self, view: Bytes, i: int) -> int:
         at = self._preface_at
         take = min(len(view) - i, len(PREFACE) - at)
         if view[i:i + take] != PREFACE[at:at + take]:
@@ -333,7 +358,7 @@ class FrameReader:
             self.state = S_HEADER
         return i + take
 
-    def _on_header(self, view, i: int) -> int:
+    def _on_header(self, view: Bytes, i: int) -> int:
         if len(view) - i < 9:
             return ~i
         header = bytes(view[i:i + 9])
@@ -384,12 +409,12 @@ class FrameReader:
         self._lose_framing(F_PARSE_ERROR)
         return i + 1      # look for frames from the next byte on
 
-    def _on_payload(self, view, i: int) -> int:
+    def _on_payload(self, view: Bytes, i: int) -> int:
         length = self._length
         if len(view) - i < length:
             return ~i
         body = bytes(view[i:i + length])
-        frame = self._frame
+        frame: Frame = self._frame  # type: ignore[assignment]  # _on_header set it for this payload
         kind = self._kind
         self.state = S_HEADER
         try:
@@ -397,32 +422,39 @@ class FrameReader:
         except Exception:       # hyperframe's InvalidFrameError, InvalidPaddingError, InvalidDataError...
             self._frame_error(F_PARSE_ERROR)
             return i + length
+        # (casts: `kind` says which Frame subclass hyperframe made)
         if kind == HEADERS:
-            self._start_block(HEADERS, frame.stream_id, frame.data, "END_STREAM" in frame.flags,
-                              "END_HEADERS" in frame.flags, 0)
+            headers = cast("HeadersFrame", frame)
+            self._start_block(HEADERS, headers.stream_id, headers.data, "END_STREAM" in headers.flags,
+                              "END_HEADERS" in headers.flags, 0)
         elif kind == CONTINUATION:
-            if self._block is None or frame.stream_id != self._block_stream:
+            continuation = cast("ContinuationFrame", frame)
+            if self._block is None or continuation.stream_id != self._block_stream:
                 # A fragment of a block whose start we do not have: it may change the table.
                 self.stats["parse_errors"] += 1
                 self.decoder.lose_state()
-                self.sink.h2_stream_damaged(self, frame.stream_id, F_PARSE_ERROR | F_HPACK_INCOMPLETE)
+                self.sink.h2_stream_damaged(self, continuation.stream_id, F_PARSE_ERROR | F_HPACK_INCOMPLETE)
             else:
-                self._add_fragment(frame.data)
-                if "END_HEADERS" in frame.flags:
+                self._add_fragment(continuation.data)
+                if "END_HEADERS" in continuation.flags:
                     self._finish_block()
         elif kind == PUSH_PROMISE:
-            self._start_block(PUSH_PROMISE, frame.stream_id, frame.data, False, "END_HEADERS" in frame.flags,
-                              frame.promised_stream_id & 0x7FFFFFFF)
+            promise = cast("PushPromiseFrame", frame)
+            self._start_block(PUSH_PROMISE, promise.stream_id, promise.data, False, "END_HEADERS" in promise.flags,
+                              promise.promised_stream_id & 0x7FFFFFFF)
         elif kind == RST_STREAM:
-            self.sink.h2_reset(self, frame.stream_id, frame.error_code)
+            reset = cast("RstStreamFrame", frame)
+            self.sink.h2_reset(self, reset.stream_id, reset.error_code)
         elif kind == SETTINGS:
-            if "ACK" not in frame.flags and frame.settings:
-                self.sink.h2_settings(self, dict(frame.settings))
+            settings = cast("SettingsFrame", frame)
+            if "ACK" not in settings.flags and settings.settings:
+                self.sink.h2_settings(self, dict(settings.settings))
         elif kind == GOAWAY:
-            self.sink.h2_goaway(self, frame.last_stream_id & 0x7FFFFFFF, frame.error_code)
+            goaway = cast("GoAwayFrame", frame)
+            self.sink.h2_goaway(self, goaway.last_stream_id & 0x7FFFFFFF, goaway.error_code)
         return i + length
 
-    def _on_pad_length(self, view, i: int) -> int:
+    def _on_pad_length(self, view: Bytes, i: int) -> int:
         padding = view[i]
         content = self._length - 1 - padding
         if content < 0:     # padding longer than the frame: a protocol error; skip the frame
@@ -438,7 +470,7 @@ class FrameReader:
             self._data_content_done()
         return i + 1
 
-    def _on_data(self, view, i: int) -> int:
+    def _on_data(self, view: Bytes, i: int) -> int:
         stop = min(len(view), i + self._remaining)
         self._remaining -= stop - i
         self.sink.h2_data(self, self._stream, view, i, stop)
@@ -446,21 +478,21 @@ class FrameReader:
             self._data_content_done()
         return stop
 
-    def _on_padding(self, view, i: int) -> int:
+    def _on_padding(self, view: Bytes, i: int) -> int:
         stop = min(len(view), i + self._padding)
         self._padding -= stop - i
         if not self._padding:
             self._data_done()
         return stop
 
-    def _on_skip(self, view, i: int) -> int:
+    def _on_skip(self, view: Bytes, i: int) -> int:
         stop = min(len(view), i + self._remaining)
         self._remaining -= stop - i
         if not self._remaining:
             self.state = S_HEADER
         return stop
 
-    def _on_sync(self, view, i: int) -> int:
+    def _on_sync(self, view: Bytes, i: int) -> int:
         n = len(view)
         size = self.max_frame_size
         pattern = _candidate_pattern(size)
@@ -488,7 +520,7 @@ class FrameReader:
         self._sync_starts = [start - keep for start in starts[-16:] if start >= keep]
         return ~keep
 
-    def _on_closed(self, view, i: int) -> int:
+    def _on_closed(self, view: Bytes, i: int) -> int:
         return len(view)
 
     # -- frames ------------------------------------------------------------------------------------
@@ -550,10 +582,10 @@ class FrameReader:
             self._block = []
             self._block_size = 0
         else:
-            self._block.append(fragment)
+            self._block.append(fragment)  # type: ignore[union-attr]  # a block is being joined
 
     def _finish_block(self) -> None:
-        parts = self._block
+        parts: list[bytes] = self._block  # type: ignore[assignment]  # a block is being joined
         self._block = None
         self._block_size = 0
         bits = 0

@@ -8,19 +8,26 @@ connection's first bytes say which.  The Reassembler orders each direction's eve
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .exchange import Connection, Role
+
+if TYPE_CHECKING:
+    from .http1 import Bytes, MessageBuilder
+    from .streams import DirectionStream, Gap
 
 
 class DirectionReader(Protocol):
     """What one side sent, in stream order."""
 
-    kind: int                 # http1.REQUEST / RESPONSE / EITHER (HTTP/1 pairing after loss reads it)
-    buffer: bytearray         # received, not consumed yet
-    deferred_bytes: int       # other bytes held (calls waiting, a header block being joined)
+    @property
+    def kind(self) -> int: ...           # http1.REQUEST / RESPONSE / EITHER (HTTP/1 pairing after loss reads it)
+    @property
+    def buffer(self) -> bytearray: ...   # received, not consumed yet
+    @property
+    def deferred_bytes(self) -> int: ... # other bytes held (calls waiting, a header block being joined)
 
-    def receive_data(self, data: bytes, ts_ns: int) -> None: ...
+    def receive_data(self, data: Bytes, ts_ns: int) -> None: ...
     def receive_missing(self, count: int, ts_ns: int, cause: int) -> None: ...   # TRUNCATED, NOT_VISIBLE, LOST
     def receive_eof(self, ts_ns: int) -> None: ...
     def abort(self, ts_ns: int) -> None: ...
@@ -35,17 +42,21 @@ class ProtocolSession(Protocol):
     connection: Connection
     exchange_connection: Connection   # connection with the role the traffic showed
     role: Role
-    readers: tuple                    # (egress, ingress) DirectionReaders
-    streams: tuple                    # (egress, ingress) streams.DirectionStream
-    tentative: object                 # truthy while HTTP/1 pairings wait for the request direction
-    event_ts: list                    # per direction: ts of the last segment read
+    event_ts: list[int | None]        # per direction: ts of the last segment read
     last_ts: int | None
     buffered: int                     # bytes counted in the owner's total for this session
 
+    @property
+    def readers(self) -> tuple[DirectionReader, ...]: ...        # (egress, ingress)
+    @property
+    def streams(self) -> tuple[DirectionStream, ...]: ...        # (egress, ingress)
+    @property
+    def tentative(self) -> object: ...    # truthy while HTTP/1 pairings wait for the request direction
+
     def describe(self, connection: Connection) -> None: ...      # the open event came after data
-    def lost_bytes(self, direction: int, gap) -> None: ...       # a streams.Gap the reader cannot absorb
+    def lost_bytes(self, direction: int, gap: Gap) -> None: ...  # a gap the reader cannot absorb
     def request_bytes_follow(self) -> None: ...
     def measure(self) -> tuple[int, int]: ...                    # (unparsed bytes, all buffered bytes)
-    def bodies(self) -> list: ...                                # builders the global cap may cut()
+    def bodies(self) -> list[MessageBuilder]: ...                # builders the global cap may cut()
     def finish(self, ts_ns: int, eof: bool) -> None: ...         # closed, or no longer watched
     def restarted(self) -> ProtocolSession: ...                  # fresh state after an internal error

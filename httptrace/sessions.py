@@ -13,12 +13,18 @@ connection is restarted as if caught mid-stream.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._log import get_logger
-from .exchange import Connection, Exchange, Role
+from .exchange import F_INCOMPLETE, F_TRUNCATED, Connection, Exchange, Role
 from .h1pairing import Http1Session
 from .h2streams import Http2Session
-from .http1 import F_INCOMPLETE, F_TRUNCATED, LOST, NOT_VISIBLE, REQUEST, TRUNCATED, MessageBuilder, decoded_body
+from .http1 import LOST, NOT_VISIBLE, REQUEST, TRUNCATED, MessageBuilder, decoded_body
 from .streams import Gap
+
+if TYPE_CHECKING:
+    from .protocol import ProtocolSession
+    from .streams import Segment
 
 __all__ = ["Reassembler", "decoded_body"]
 
@@ -52,8 +58,8 @@ class Reassembler:
         self.max_header = max_header
         self.reorder_window = reorder_window
         self.reorder_timeout_ns = reorder_timeout_ns
-        self._sessions: dict[tuple[int, int, int], Http1Session | Http2Session] = {}
-        self._holding: set = set()          # keys of sessions with out-of-order segments held
+        self._sessions: dict[tuple[int, int, int], ProtocolSession] = {}
+        self._holding: set[tuple[int, int, int]] = set()          # keys of sessions with out-of-order segments held
         self._out: list[Exchange] = []
         self._stats: dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
         self._buffered = 0
@@ -173,7 +179,7 @@ class Reassembler:
         if bits & F_TRUNCATED:
             stats["truncated"] += 1
 
-    def _feed(self, session: Http1Session, direction: int, pieces: list) -> None:
+    def _feed(self, session: ProtocolSession, direction: int, pieces: list[Segment | Gap]) -> None:
         reader = session.readers[direction]
         for piece in pieces:
             if type(piece) is Gap:
@@ -204,7 +210,7 @@ class Reassembler:
                 self._holding.discard(key)
             self._account(session)
 
-    def _account(self, session: Http1Session) -> None:
+    def _account(self, session: ProtocolSession) -> None:
         """Keep the buffered-bytes total current and enforce the per-connection and global caps."""
         unparsed, total = session.measure()
         if unparsed > self.max_connection_buffer:
@@ -215,7 +221,7 @@ class Reassembler:
         if self._buffered > self.max_total_buffer:
             self._shrink_all()
 
-    def _shrink_unparsed(self, session: Http1Session, limit: int) -> tuple[int, int]:
+    def _shrink_unparsed(self, session: ProtocolSession, limit: int) -> tuple[int, int]:
         # First give up waiting for holes (held segments go to the readers, with gaps)...
         for direction, stream in enumerate(session.streams):
             if stream.held:
@@ -281,7 +287,7 @@ class Reassembler:
         if self._stats["internal_errors"] <= _LOGGED_ERRORS:
             log.warning("reassembler error; connection restarted", key=key, error=repr(error), exc_info=error)
         session = self._sessions.pop(key, None) if key is not None else None
-        if session is None:
+        if session is None or key is None:      # (no key: no session either)
             self._recount()
             return
         self._holding.discard(key)
@@ -293,7 +299,7 @@ class Reassembler:
 
     def _start_http2(self, session: Http1Session, client_direction: int | None, *, at_start: bool,
                      upgrade_request: MessageBuilder | None = None,
-                     upgrade_settings: dict | None = None) -> Http2Session:
+                     upgrade_settings: dict[int, int] | None = None) -> Http2Session:
         """The connection of `session` turned out to be HTTP/2: its Http2Session takes over the key."""
         successor = Http2Session(self, session.key, session.exchange_connection, streams=session.streams,
                                  mid_stream=not at_start, client_direction=client_direction,

@@ -86,8 +86,9 @@ def request_url(exchange: Exchange) -> str:
     Host or :authority (or the server address when there is neither), then the request target."""
     request = exchange.request
     scheme = "https" if exchange.connection.tls else "http"
-    if request.header(":scheme") in ("http", "https"):
-        scheme = request.header(":scheme")
+    declared = request.header(":scheme")
+    if declared in ("http", "https"):
+        scheme = declared
     target = request.target or "/"
     if target[:8].lower().startswith(("http://", "https://")):     # absolute-form (proxy requests)
         scheme, rest = target.split("://", 1)

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Protocol
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, NoReturn, Protocol
 
 import structlog
 
@@ -32,7 +32,10 @@ from httptrace.redact import DEFAULT_REDACTED_HEADERS, Redactor
 
 if TYPE_CHECKING:
     from httptrace.checks import CheckResult
+    from httptrace.containers import ContainerResolver
     from httptrace.exchange import Exchange
+    from httptrace.metrics import Metrics
+    from httptrace.otel import SpanExport
     from httptrace.output import ExchangeWriter
     from httptrace.tracer import Tracer
 
@@ -124,7 +127,8 @@ def _container_prefix(text: str) -> str:
     return prefix
 
 
-def container_scope(prefixes, resolver=None):
+def container_scope(prefixes: Iterable[str] | None,
+                    resolver: ContainerResolver | None = None) -> Callable[[Exchange], bool] | None:
     """The --container filter: exchange -> bool, or None when every process is in scope."""
     if not prefixes:
         return None
@@ -133,7 +137,7 @@ def container_scope(prefixes, resolver=None):
     resolver = resolver or default_resolver()
     prefixes = tuple(prefixes)
 
-    def in_scope(exchange) -> bool:
+    def in_scope(exchange: Exchange) -> bool:
         container = resolver.for_connection(exchange.connection)
         return container is not None and container.id.startswith(prefixes)
     return in_scope
@@ -437,8 +441,11 @@ class CaptureRun:
     """One capture: counts what was shown, stops on signals/count/duration, summarises."""
 
     def __init__(self, tracer: ExchangeSource, writer: ExchangeWriter, exchange_filter: ExchangeFilter, count: int | None,
-                 duration: float | None, summary_stream: IO[str], scope=None, observers=(), exporters=(),
-                 extra_stats=(), on_batch=(), on_stop=()):
+                 duration: float | None, summary_stream: IO[str], scope: Callable[[Exchange], bool] | None = None,
+                 observers: Iterable[Callable[[Exchange], None]] = (),
+                 exporters: Iterable[Callable[[Exchange], None]] = (),
+                 extra_stats: Iterable[Callable[[], dict[str, int]]] = (),
+                 on_batch: Iterable[Callable[[], None]] = (), on_stop: Iterable[Callable[[], None]] = ()) -> None:
         """scope: the --container filter (None: all); observers see every exchange in scope (metrics,
         whatever the display filters say), exporters every exchange shown (spans); extra_stats:
         callables returning counters for the summary."""
@@ -507,7 +514,7 @@ class CaptureRun:
             self.writer.flush()
         return done
 
-    def _write_staged(self, batch: list) -> bool:
+    def _write_staged(self, batch: list[Exchange]) -> bool:
         """_write with the optional stages: --container scope, metrics, span export."""
         scope, observers, exporters = self.scope, self.observers, self.exporters
         keep, write, count = self.keep, self.writer.write, self.count
@@ -645,9 +652,9 @@ class Stages:
     """The optional export stages (--metrics, --otlp-endpoint): started before the capture, so a port
     in use or a missing package fails before anything is attached; closed after it."""
 
-    def __init__(self):
-        self.metrics = None
-        self.spans = None
+    def __init__(self) -> None:
+        self.metrics: Metrics | None = None
+        self.spans: SpanExport | None = None
 
     def start(self, args: argparse.Namespace, redactor: Redactor) -> int | None:
         """None when started, else the exit code of the one-line error already printed."""
@@ -678,13 +685,13 @@ class Stages:
             log.info("exporting spans", endpoint=self.spans.endpoint)
         return None
 
-    def wiring(self, tracer) -> dict:
+    def wiring(self, tracer: ExchangeSource) -> dict[str, Any]:
         """CaptureRun's keyword arguments for the stages that run."""
         extra_stats = [self.spans.stats] if self.spans is not None else []
         wiring: dict[str, Any] = {"extra_stats": extra_stats, "on_stop": [self.close],
                                   "exporters": [self.spans.submit] if self.spans is not None else []}
         if self.metrics is not None:
-            def stats() -> dict:
+            def stats() -> dict[str, int]:
                 combined = _safe_stats(tracer)
                 for more in extra_stats:
                     combined.update(more())

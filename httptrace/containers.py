@@ -184,8 +184,9 @@ class ContainerResolver:
         path = proc_cgroups(pid).get("")
         if path is None:
             return None
+        mount: str = self.mount  # type: ignore[assignment]  # path_of() returns before this without a mount
         try:
-            if os.stat(self.mount + path).st_ino == cgroup_id:
+            if os.stat(mount + path).st_ino == cgroup_id:
                 return path
         except OSError:
             pass
@@ -193,8 +194,8 @@ class ContainerResolver:
 
     def _scan(self) -> None:
         """Walk the hierarchy, recording every directory's inode."""
-        mount = self.mount.rstrip("/")
-        found = {}
+        mount = self.mount.rstrip("/")  # type: ignore[union-attr]  # path_of() returns before this without a mount
+        found: Dict[int, str] = {}
         stack = [mount]
         while stack:
             directory = stack.pop()

@@ -21,9 +21,17 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Callable, Dict, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from httptrace.exchange import Exchange, Role
+from httptrace.exchange import Connection, Exchange, Role
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import Histogram
+    from prometheus_client.core import Metric
+
+    from httptrace.containers import ContainerResolver
 
 # OpenTelemetry's explicit bucket boundaries for http.*.request.duration (seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -72,7 +80,7 @@ def normalize_route(target: Optional[str]) -> str:
 class Metrics:
     """Observes exchanges (on the reader's thread: no I/O there) and serves them on /metrics."""
 
-    def __init__(self, containers=None, max_routes: int = DEFAULT_MAX_ROUTES):
+    def __init__(self, containers: Optional[ContainerResolver] = None, max_routes: int = DEFAULT_MAX_ROUTES) -> None:
         from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -83,7 +91,7 @@ class Metrics:
         self._containers = containers
         self.max_routes = max_routes
         self.routes_overflow = 0
-        hist: Dict[Tuple[str, str], object] = {}
+        hist: Dict[Tuple[str, str], Histogram] = {}
         for role in ("server", "client"):
             hist[(role, "duration")] = Histogram(
                 f"http_{role}_request_duration_seconds", f"Duration of HTTP {role} requests.",
@@ -95,17 +103,19 @@ class Metrics:
                 f"http_{role}_response_body_size_bytes", f"Size of HTTP {role} response bodies.",
                 LABELS, buckets=SIZE_BUCKETS, registry=self.registry)
         self._hist = hist
-        self._children: Dict[tuple, tuple] = {}           # label values -> the three histogram children
+        # label values -> the three histogram children
+        self._children: Dict[Tuple[Role, str, str, str, str, str], Tuple[Histogram, ...]] = {}
         self._routes: Dict[Tuple[str, str], Set[str]] = {}  # (comm, method) -> routes given a label so far
         self._route_of: Dict[str, str] = {}               # path -> normalized route (a bounded cache)
-        self._connection_labels: Dict[int, tuple] = {}    # id(connection) -> (connection, comm, container id)
+        # id(connection) -> (connection, comm, container id)
+        self._connection_labels: Dict[int, Tuple[Connection, str, str]] = {}
         self._stats: Dict[str, int] = {}
-        self._stats_source: Optional[Callable[[], dict]] = None
+        self._stats_source: Optional[Callable[[], Dict[str, int]]] = None
         self._stats_at = 0.0
         self._lock = threading.Lock()
         self.registry.register(_StatsCollector(self))
-        self._server = None
-        self._thread = None
+        self._server: Optional[WSGIServer] = None
+        self._thread: Optional[threading.Thread] = None
 
     # ---- the reader's side ----------------------------------------------------------------------
 
@@ -156,7 +166,7 @@ class Metrics:
             seen.add(route)
         return route
 
-    def set_stats_source(self, source: Callable[[], dict]) -> None:
+    def set_stats_source(self, source: Callable[[], Dict[str, int]]) -> None:
         """Where the httptrace_* counters come from (the tracer's stats()), read by refresh()."""
         self._stats_source = source
 
@@ -196,13 +206,13 @@ class Metrics:
 class _StatsCollector:
     """httptrace_* from the last snapshot: counters as *_total, levels as gauges."""
 
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def describe(self):
+    def describe(self) -> List[Metric]:
         return []   # values appear with the first snapshot; nothing to check at registration
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         with self._metrics._lock:

@@ -24,13 +24,20 @@ import collections
 import socket
 import threading
 import time
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Deque, Dict, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 import structlog
 
-from httptrace.exchange import Exchange, Role, header_value
+from httptrace.exchange import Connection, Exchange, Role, header_value
 from httptrace.redact import Redactor
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+    from opentelemetry.trace import Tracer
+
+    from httptrace.containers import ContainerResolver
 
 log = structlog.get_logger("httptrace.otel")
 
@@ -42,6 +49,11 @@ SCHEDULE_DELAY_MS = 500
 EXPORT_TIMEOUT_S = 5.0
 CLOSE_SECONDS = 10.0        # at exit, the most spent on the backlog before the rest is counted dropped
 _PROVIDER_LIMIT = 1024
+
+# What submit() queues for the worker: (connection, method, target, version, headers, request first and
+# last byte, response status, response last byte); the response's fields are None without one.
+_Record = Tuple[Connection, Optional[str], Optional[str], str, Tuple[Tuple[str, str], ...], int, int,
+                Optional[int], Optional[int]]
 
 
 def traces_url(endpoint: str) -> str:
@@ -61,7 +73,7 @@ def _protocol_version(version: Optional[str]) -> Optional[str]:
     return None
 
 
-def _split_host(host: str):
+def _split_host(host: str) -> Tuple[str, Optional[int]]:
     """Host header -> (name, port or None): 'api:8080', '[::1]:80', 'example.com'."""
     if host.startswith("["):
         name, _, rest = host[1:].partition("]")
@@ -74,9 +86,11 @@ def _split_host(host: str):
 class SpanExport:
     """The --otlp-endpoint stage: submit(exchange) on the reader's thread, spans made on a worker."""
 
-    def __init__(self, endpoint: str, redactor: Optional[Redactor] = None, containers=None,
+    def __init__(self, endpoint: str, redactor: Optional[Redactor] = None,
+                 containers: Optional[ContainerResolver] = None,
                  queue_size: int = DEFAULT_QUEUE, headers: Optional[Dict[str, str]] = None,
-                 sdk_queue: int = SDK_QUEUE, batch_size: int = BATCH_SIZE, timeout: float = EXPORT_TIMEOUT_S):
+                 sdk_queue: int = SDK_QUEUE, batch_size: int = BATCH_SIZE,
+                 timeout: float = EXPORT_TIMEOUT_S) -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
         from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -90,7 +104,7 @@ class SpanExport:
         self._containers = containers
         self.queue_size = queue_size
         self._in_flight_limit = max(1, sdk_queue - batch_size)   # so the SDK's queue can never be full
-        self._queue: collections.deque = collections.deque()
+        self._queue: Deque[_Record] = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
         self.closed = False
@@ -103,8 +117,8 @@ class SpanExport:
         self._error = Status(StatusCode.ERROR)
         self._propagator = TraceContextTextMapPropagator()
         self._host_name = socket.gethostname()
-        self._providers: Dict[tuple, object] = {}     # (pid, comm, container id) -> its tracer
-        self._by_connection: Dict[int, tuple] = {}    # id(connection) -> (connection, tracer)
+        self._providers: Dict[Tuple[int, str, str], Tracer] = {}      # (pid, comm, container id) -> its tracer
+        self._by_connection: Dict[int, Tuple[Connection, Tracer]] = {}  # id(connection) -> (connection, tracer)
         self._span_errors = 0
         self._warned_at = -WARN_EVERY_S
 
@@ -113,10 +127,10 @@ class SpanExport:
         class _Counting(SpanExporter):
             """The OTLP exporter, counting what it delivered: the worker's view of the SDK's queue."""
 
-            def __init__(self, inner):
+            def __init__(self, inner: SpanExporter) -> None:
                 self._inner = inner
 
-            def export(self, spans):
+            def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
                 try:
                     result = self._inner.export(spans)
                 except Exception:   # a bug in a transport must not kill the SDK's worker
@@ -132,13 +146,14 @@ class SpanExport:
                                     endpoint=stage.endpoint, spans=len(spans), failed_total=stage.failed)
                 return result
 
-            def shutdown(self):
+            def shutdown(self) -> None:
                 self._inner.shutdown()
 
             def force_flush(self, timeout_millis: int = 30000) -> bool:
                 return self._inner.force_flush(timeout_millis)
 
-        self._processor = BatchSpanProcessor(
+        # Typed as the base class: its shutdown() is annotated, BatchSpanProcessor's is not (SDK 1.45).
+        self._processor: SpanProcessor = BatchSpanProcessor(
             _Counting(OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout, headers=headers)),
             max_queue_size=sdk_queue, schedule_delay_millis=SCHEDULE_DELAY_MS, max_export_batch_size=batch_size)
         self._thread = threading.Thread(target=self._work, name="httptrace-otlp", daemon=True)
@@ -188,7 +203,7 @@ class SpanExport:
             if self._stopping:
                 return
 
-    def _tracer(self, connection):
+    def _tracer(self, connection: Connection) -> Tracer:
         key = id(connection)
         cached = self._by_connection.get(key)
         if cached is not None and cached[0] is connection:
@@ -201,7 +216,7 @@ class SpanExport:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-            attributes = {"service.name": connection.comm, "host.name": self._host_name,
+            attributes: Dict[str, Union[str, int]] = {"service.name": connection.comm, "host.name": self._host_name,
                           "process.pid": connection.pid, "process.executable.name": connection.comm}
             if container is not None:
                 attributes["container.id"] = container.id
@@ -217,12 +232,12 @@ class SpanExport:
         self._by_connection[key] = (connection, tracer)
         return tracer
 
-    def _span(self, record) -> None:
+    def _span(self, record: _Record) -> None:
         (connection, method, target, version, headers, start_ns, request_end_ns, status, end_ns) = record
         server = connection.role is Role.SERVER
         path, _, query = (target or "").partition("?")
         method = method or "_OTHER"
-        attributes = {"http.request.method": method, "url.path": path or "/",
+        attributes: Dict[str, Union[str, int]] = {"http.request.method": method, "url.path": path or "/",
                       "url.scheme": "https" if connection.tls else "http"}
         if query:
             attributes["url.query"] = query
@@ -259,7 +274,7 @@ class SpanExport:
             span_name = f"{method} {route}"
         else:
             span_name = method
-        context = None
+        context: Optional[Context] = None
         traceparent = header_value(headers, "traceparent")
         if traceparent is not None:
             carrier = {"traceparent": traceparent}

@@ -12,10 +12,13 @@ import codecs
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Protocol
+from typing import IO, TYPE_CHECKING, Any, Callable, Protocol
 
 from httptrace.exchange import Exchange, Message
 from httptrace.redact import Redactor
+
+if TYPE_CHECKING:
+    from httptrace.containers import ContainerResolver
 
 FORMATS = ("text", "json", "har")
 
@@ -32,10 +35,10 @@ class OutputOptions:
     include_bodies: bool = True     # False with --no-body: sizes only
     verbosity: int = 0              # text only: 1 adds headers, 2 adds bodies
     color: bool = False             # text only
-    containers: Any = None          # a containers.ContainerResolver; None: the process-wide one
+    containers: ContainerResolver | None = None   # None: the process-wide one
 
 
-def container_resolver(options: OutputOptions):
+def container_resolver(options: OutputOptions) -> ContainerResolver:
     """The resolver the writers use for the `container` field (imported late: optional stage)."""
     if options.containers is not None:
         return options.containers

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import functools
-from typing import IO, Any, Iterable
+from typing import IO, TYPE_CHECKING, Any, Iterable
 
 import orjson
 
@@ -19,12 +19,16 @@ from httptrace.exchange import Connection, Endpoint, Exchange, Message
 from httptrace.output import OutputOptions, body_as_text, container_resolver, iso_utc
 from httptrace.redact import Redactor
 
+if TYPE_CHECKING:
+    from httptrace.containers import ContainerResolver
+
 
 def _endpoint(endpoint: Endpoint | None) -> dict[str, Any] | None:
     return None if endpoint is None else {"ip": endpoint.ip, "port": endpoint.port}
 
 
-def _container_field(connection: Connection, containers=None) -> dict[str, Any] | None:
+def _container_field(connection: Connection,
+                     containers: ContainerResolver | None = None) -> dict[str, Any] | None:
     if containers is None:
         from httptrace.containers import default_resolver
         containers = default_resolver()
@@ -69,7 +73,7 @@ def _message_fields(message: Message, redactor: Redactor, include_bodies: bool) 
 
 
 def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: bool = True,
-                     containers=None) -> dict[str, Any]:
+                     containers: ContainerResolver | None = None) -> dict[str, Any]:
     """The JSON object for one exchange, as a dict (also for tools that post-process).
     containers: the ContainerResolver for the `container` field (default: the process-wide one)."""
     record = _connection_dict(exchange.connection, exchange.request.first_byte_ns)
@@ -94,7 +98,8 @@ _connection_dicts: dict[int, tuple[Connection, dict[str, Any]]] = {}
 _connection_containers: dict[int, tuple[Connection, dict[str, Any] | None]] = {}
 
 
-def _connection_container(connection: Connection, containers=None) -> dict[str, Any] | None:
+def _connection_container(connection: Connection,
+                          containers: ContainerResolver | None = None) -> dict[str, Any] | None:
     """The `container` field of a connection, resolved once per connection."""
     cached = _connection_containers.get(id(connection))
     if cached is None or cached[0] is not connection:
@@ -131,7 +136,7 @@ def exchange_record(exchange: Exchange, *, include_bodies: bool = True, redact: 
 
 
 def exchange_to_json(exchange: Exchange, redactor: Redactor, include_bodies: bool = True,
-                     containers=None) -> str:
+                     containers: ContainerResolver | None = None) -> str:
     """One JSON Lines record as text, without the newline."""
     return orjson.dumps(exchange_to_dict(exchange, redactor, include_bodies, containers)).decode()
 

@@ -12,10 +12,13 @@ request must not be able to drive the terminal of the person watching it.
 from __future__ import annotations
 
 import time
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from httptrace.exchange import Endpoint, Exchange, Flag, Message, Role
 from httptrace.output import OutputOptions, body_as_text, container_resolver, decoded_content, endpoint_text
+
+if TYPE_CHECKING:
+    from httptrace.containers import ContainerResolver
 
 # How much of a binary body -vv shows as hex.
 HEX_PREVIEW_BYTES = 32
@@ -77,7 +80,8 @@ def _paint(text: str, code: str, color: bool) -> str:
     return f"{code}{text}{_RESET}" if color else text
 
 
-def format_summary_line(exchange: Exchange, color: bool = False, containers=None) -> str:
+def format_summary_line(exchange: Exchange, color: bool = False,
+                        containers: ContainerResolver | None = None) -> str:
     """The one line printed for every exchange (containers: a ContainerResolver, to name containers)."""
     connection = exchange.connection
     container = containers.for_connection(connection) if containers is not None else None

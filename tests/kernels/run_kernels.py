@@ -518,12 +518,8 @@ def run_unit_tests(suite: str, timeout: int = 900) -> subprocess.CompletedProces
     scratch = os.path.join(ARTIFACTS, f"unit-{suite}")
     _remove_tree(scratch)
     os.makedirs(scratch)
-    for part in ("httptrace", "tests", "bpf", "pyproject.toml"):
-        source, target = os.path.join(ROOT, part), os.path.join(scratch, "src", part)
-        if os.path.isdir(source):
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "artifacts", "cache"))
-        else:
-            shutil.copy(source, target)
+    shutil.copytree(ROOT, os.path.join(scratch, "src"), symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "wheelhouse", "*.egg-info", "__pycache__", "artifacts", "cache"))
     shutil.copytree(wheels, os.path.join(scratch, "wheels"))
     venv = f"{GUEST_DIR}/venv"
     steps = (["/usr/bin/python3", "-m", "venv", venv],
@@ -532,17 +528,22 @@ def run_unit_tests(suite: str, timeout: int = 900) -> subprocess.CompletedProces
               *test_requirements(land.python)],
              ["/usr/bin/env", f"PYTHONPATH={GUEST_DIR}/src", f"{venv}/bin/python", "-m", "pytest", "-q",
               "-p", "no:cacheprovider", f"{GUEST_DIR}/src/tests/unit"])
-    mount_point = land.root + GUEST_DIR
+    # The tests read /proc (Prometheus' process collector) and open pseudo-terminals.
+    mounts = ((["--bind", scratch], GUEST_DIR), (["-t", "proc", "proc"], "/proc"), (["--rbind", "/dev"], "/dev"))
     with _locked(os.path.dirname(land.root)):
-        subprocess.run(["mount", "--bind", scratch, mount_point], check=True)
+        mounted = []
         try:
+            for how, where in mounts:
+                subprocess.run(["mount", *how, land.root + where], check=True)
+                mounted.append(land.root + where)
             for argv in steps:
                 done = chroot_run(land.root, argv, timeout=timeout)
                 if done.returncode != 0:
                     return done
             return done
         finally:
-            subprocess.run(["umount", mount_point], check=False)
+            for point in reversed(mounted):
+                subprocess.run(["umount", "-R", point], check=False)
 
 
 def seed_server() -> str:

@@ -216,10 +216,11 @@ class BpfObject:
 
     def attach_tracepoints(self) -> list[Link]:
         """Attach every loaded tracepoint program (their sections name their targets); probes are attached
-        by name."""
-        for program in self.programs():
-            if program.section.startswith("tracepoint/") and program.autoload:
-                self.links.append(program.attach())
+        by name. Syscall exits come before entries: an entry that stashes arguments for an exit not yet
+        attached would leave them for the next, unrelated exit of that thread."""
+        programs = [p for p in self.programs() if p.section.startswith("tracepoint/") and p.autoload]
+        for program in sorted(programs, key=lambda p: "/sys_enter_" in p.section):
+            self.links.append(program.attach())
         return self.links
 
     def close(self) -> None:

@@ -338,9 +338,9 @@ class Nginx:
         self.dir = os.path.join(workdir, "nginx")
         for sub in ("www", "tmp"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
-        self.port = free_port()
+        self.port, self.h2port = free_port(), free_port()
         with open(os.path.join(HERE, "nginx.conf.template")) as f:
-            conf = string.Template(f.read()).safe_substitute(dir=self.dir, port=self.port)
+            conf = string.Template(f.read()).safe_substitute(dir=self.dir, port=self.port, h2port=self.h2port)
         conf_path = os.path.join(self.dir, "nginx.conf")
         with open(conf_path, "w") as f:
             f.write(conf)
@@ -360,6 +360,7 @@ class Nginx:
             raise BenchError(f"expected one nginx worker, found {workers}")
         self.worker = workers[0]
         self.url = f"http://127.0.0.1:{self.port}/hello"
+        self.h2_url = f"http://127.0.0.1:{self.h2port}/hello"
         self.body_url = f"http://127.0.0.1:{self.port}/copied/10m.txt"
 
     def stop(self) -> None:
@@ -840,6 +841,47 @@ class Bench:
             self.rows.append(row(fid, f"Agent CPU per exchange with {flag}, JSON output too", best[name], display,
                                  "reported", None, ratio=round(ratio, 3), runs=runs[name]))
 
+    # -- figure H --
+
+    def http2(self) -> None:
+        """h2load against nginx h2c (4 connections, 10 concurrent streams each), the agent capturing the
+        server side: its CPU per HTTP/2 exchange next to figure 3's HTTP/1 one, and every stream h2load
+        completed accounted for (run twice; the better CPU figure is kept)."""
+        ng = self.nginx
+        n = 20_000 if self.quick else 100_000
+        runs = []
+        for _ in range(2):
+            a = self.agent(self.full_capture_args(ng.worker, ng.h2port))
+            started = time.monotonic()
+            out = subprocess.run(["h2load", "-n", str(n), "-c", "4", "-m", "10", ng.h2_url], capture_output=True,
+                                 text=True, timeout=600)
+            wall = time.monotonic() - started
+            done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out.stdout)
+            if out.returncode != 0 or not done:
+                self.finish(a)
+                raise BenchError(f"h2load failed: {out.stdout[-500:]}{out.stderr[-500:]}")
+            wait_idle(a.pid)
+            summary = self.finish(a)
+            acct = accounting(summary, int(done.group(1)), 40)
+            entry = {"streams": int(done.group(1)), "rps": int(done.group(1)) / wall, "accounting": acct,
+                     "us_per_exchange": summary["capture_cpu_s"] / max(1, summary.get("exchanges", 0)) * 1e6}
+            runs.append(entry)
+            log(f"http2: {entry['streams']} streams at {entry['rps']:.0f}/s; agent {entry['us_per_exchange']:.1f} "
+                f"us/exchange; unaccounted {acct['unaccounted']}")
+        self.raw["http2"] = runs
+        best = min(r["us_per_exchange"] for r in runs)
+        http1 = next((r["value"] for r in self.rows if r["id"] == "3"), None)
+        beside = f" (HTTP/1, figure 3: {http1:.1f} us)" if http1 else " (run figure 3 too for HTTP/1's)"
+        self.rows.append(row("H", "HTTP/2: agent CPU per exchange, h2load -c 4 -m 10 against nginx h2c", best,
+                             f"{best:.1f} us{beside}", "(reported)", None, runs=runs))
+        unaccounted = sum(r["accounting"]["unaccounted"] for r in runs)
+        streams = sum(r["streams"] for r in runs)
+        self.rows.append(row("Hc", "HTTP/2: h2load streams vs captured + counted lost", unaccounted,
+                             f"{streams} streams: {sum(r['accounting']['exchanges'] for r in runs)} exchanges, "
+                             f"{sum(r['accounting']['drops'] for r in runs)} events dropped -> {unaccounted} "
+                             "neither captured nor counted", "0 unaccounted",
+                             all(r["accounting"]["ok"] for r in runs)))
+
     # -- figure 8 --
 
     def versus_tshark(self) -> None:
@@ -1104,12 +1146,12 @@ def markdown(results_path: str) -> str:
     return "\n".join(out)
 
 
-STEP_IDS = {"saturation": "1-3", "capacity": "4", "bodies": "5", "startup": "6", "memory": "7",
+STEP_IDS = {"http2": "H", "saturation": "1-3", "capacity": "4", "bodies": "5", "startup": "6", "memory": "7",
             "versus_tshark": "8", "exports": "9", "parser_bench": "P", "profile": "prof"}
 
 FIGURES = {
     "1": "saturation", "2": "saturation", "3": "saturation", "4": "capacity", "5": "bodies",
-    "6": "startup", "7": "memory", "8": "versus_tshark", "9": "exports", "P": "parser_bench",
+    "6": "startup", "7": "memory", "8": "versus_tshark", "9": "exports", "H": "http2", "P": "parser_bench",
 }
 
 
@@ -1127,7 +1169,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/run.py: needs root (the agent loads BPF programs)", file=sys.stderr)
         return 2
-    for tool in ("nginx", "wrk", "ab", "tcpdump", "tshark", "go"):
+    for tool in ("nginx", "wrk", "ab", "tcpdump", "tshark", "go", "h2load"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             print(f"bench/run.py: {tool} is missing (make bench installs it)", file=sys.stderr)
             return 2
@@ -1165,7 +1207,7 @@ def main() -> int:
         bench.cleanup()
     meta["noise_end"] = noise()
     meta["seconds"] = round(time.monotonic() - started, 1)
-    order = {k: i for i, k in enumerate(["1-3", "1", "1c", "2a", "2ac", "2b", "2bc", "2c", "2cc", "3", "3c", "4", "5", "5b", "6", "7", "7b", "8", "9a", "9b", "P",
+    order = {k: i for i, k in enumerate(["1-3", "1", "1c", "2a", "2ac", "2b", "2bc", "2c", "2cc", "3", "3c", "H", "Hc", "4", "5", "5b", "6", "7", "7b", "8", "9a", "9b", "P",
                                           "prof"])}
     bench.rows.sort(key=lambda r: order.get(r["id"], 99))
     with open(opts.out, "w") as f:

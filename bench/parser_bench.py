@@ -20,7 +20,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from httptrace.exchange import Connection, Role  # noqa: E402
-from httptrace.http1 import REQUEST, MessageReader, NullSink  # noqa: E402
+from httptrace.protocols.http1 import REQUEST, MessageReader, NullSink  # noqa: E402
 from httptrace.sessions import Reassembler  # noqa: E402
 
 REQUEST_BYTES = (b"GET /api/v1/items/12345?fields=name,price HTTP/1.1\r\nHost: shop.example.com\r\n"

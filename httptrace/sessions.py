@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 from ._log import get_logger
 from .exchange import F_INCOMPLETE, F_TRUNCATED, Connection, Exchange, Role
-from .h1pairing import Http1Session
-from .h2streams import Http2Session
-from .http1 import LOST, NOT_VISIBLE, REQUEST, TRUNCATED, MessageBuilder, decoded_body
+from .protocols.h1pairing import Http1Session
+from .protocols.h2streams import Http2Session
+from .protocols.http1 import LOST, NOT_VISIBLE, REQUEST, TRUNCATED, MessageBuilder, decoded_body
 from .streams import Gap
 
 if TYPE_CHECKING:
-    from .protocol import ProtocolSession
+    from .protocols.interface import ProtocolSession
     from .streams import Segment
 
 __all__ = ["Reassembler", "decoded_body"]

@@ -89,12 +89,12 @@ def iso_utc(ns: int) -> str:
 # A small compressed body may inflate enormously; past this we keep what we have.
 MAX_DECODED_BODY = 64 * 1024 * 1024
 
-_decoder: Callable[[Message], bytes] | None = None   # resolved once: httptrace.http1.decoded_body, or the local fallback
+_decoder: Callable[[Message], bytes] | None = None   # resolved once: httptrace.protocols.http1.decoded_body, or the local fallback
 
 
 def _fallback_decoded_body(message: Message) -> bytes:
     """gzip/deflate by Content-Encoding; the raw body for anything else.
-    Used until (or unless) httptrace.http1 provides decoded_body."""
+    Used until (or unless) httptrace.protocols.http1 provides decoded_body."""
     coding = (message.header("content-encoding") or "").strip().lower()
     if coding in ("gzip", "x-gzip"):
         attempts: tuple[int, ...] = (31,)
@@ -120,7 +120,7 @@ def decoded_content(message: Message) -> tuple[bytes, bool]:
     decoder = _decoder
     if decoder is None:
         try:
-            from httptrace.http1 import decoded_body
+            from httptrace.protocols.http1 import decoded_body
             decoder = decoded_body
         except ImportError:
             decoder = _fallback_decoded_body

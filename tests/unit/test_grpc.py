@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from httptrace.grpc import MessageCounter, percent_decoded, service_and_method
+from httptrace.protocols.grpc import MessageCounter, percent_decoded, service_and_method
 
 from .h2wire import grpc_message
 

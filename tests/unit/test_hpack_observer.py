@@ -9,7 +9,7 @@ from hpack import Encoder
 from hpack.exceptions import HPACKDecodingError
 from hypothesis import given, settings, strategies as st
 
-from httptrace.hpack_observer import UNKNOWN, BlockDecoder
+from httptrace.protocols.hpack_observer import UNKNOWN, BlockDecoder
 
 
 def encoded_blocks(count: int, seed: int, table_size: int | None = None):

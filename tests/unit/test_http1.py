@@ -7,7 +7,7 @@ import zlib
 import pytest
 
 from httptrace.exchange import Message
-from httptrace.http1 import (EITHER, F_GAP, F_NOT_VISIBLE, F_PARSE_ERROR, F_TRUNCATED, F_UPGRADED, LOST,
+from httptrace.protocols.http1 import (EITHER, F_GAP, F_NOT_VISIBLE, F_PARSE_ERROR, F_TRUNCATED, F_UPGRADED, LOST,
                              NOT_VISIBLE, OPAQUE, REQUEST, RESPONSE, SYNC, TRUNCATED, MalformedHead,
                              MessageReader, decoded_body, parse_chunk_size, parse_head)
 

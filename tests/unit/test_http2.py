@@ -11,7 +11,7 @@ from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from httptrace.exchange import Flag, Role
-from httptrace.http2 import PREFACE
+from httptrace.protocols.http2 import PREFACE
 from httptrace.sessions import Reassembler
 
 from .h2wire import EGRESS, INGRESS, KEY, Conversation, grpc_message, open_connection, replay
@@ -418,7 +418,7 @@ def test_kernel_not_copied_bytes_inside_a_data_frame():
 
 
 def test_streams_per_connection_are_bounded(monkeypatch):
-    from httptrace import h2streams
+    from httptrace.protocols import h2streams
     monkeypatch.setattr(h2streams, "MAX_STREAMS", 5)
     c = Conversation()
     ids = [c.request(f"/open{i}", end_stream=False) for i in range(8)]
@@ -549,7 +549,7 @@ def test_max_frame_size_from_the_h2c_upgrade_header_is_followed():
 
 
 def test_an_internal_error_restarts_the_connection_mid_stream(monkeypatch):
-    from httptrace import h2streams
+    from httptrace.protocols import h2streams
     c = Conversation()
     c.exchange("/one")
     c.exchange("/two", headers=[("x-literal", "new")])

@@ -10,7 +10,7 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, Headers
 from hypothesis import given, settings, strategies as st
 
 from httptrace.exchange import F_GAP, F_HPACK_INCOMPLETE, F_PARSE_ERROR, F_TRUNCATED
-from httptrace.http2 import (ACCEPT, LOST, MORE, PREFACE, REJECT, TRUNCATED, FrameReader, chain_verdict,
+from httptrace.protocols.http2 import (ACCEPT, LOST, MORE, PREFACE, REJECT, TRUNCATED, FrameReader, chain_verdict,
                              is_server_preface, plausible_header)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from httptrace import http1
+from httptrace.protocols import http1
 from httptrace.exchange import Connection, Endpoint, Flag, Role
 from httptrace.sessions import Reassembler, decoded_body
 
@@ -549,7 +549,7 @@ def test_orphan_101_makes_the_whole_connection_opaque():
 
 
 def test_too_many_pending_requests_are_evicted_as_incomplete(monkeypatch):
-    from httptrace import h1pairing
+    from httptrace.protocols import h1pairing
     monkeypatch.setattr(h1pairing, "MAX_PENDING_REQUESTS", 3)
     r = Reassembler()
     wire = Wire(r)

@@ -27,7 +27,7 @@ SNIFF_BYTES = 64 << 10    # ... and bytes
 if TYPE_CHECKING:
     from .h1pairing import Http1Session
     from .http1 import Bytes
-    from .protocol import DirectionReader
+    from .interface import DirectionReader
 
 
 def sniff(data: Bytes, starts: list[int], at_start: bool) -> tuple[int | None, bool]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from .exchange import GrpcCall, header_value
+from ..exchange import GrpcCall, header_value
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from .exchange import Message
+    from ..exchange import Message
     from .http1 import Bytes
 
 

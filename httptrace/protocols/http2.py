@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from hyperframe.frame import Frame
 
-from .exchange import F_GAP, F_HPACK_INCOMPLETE, F_NOT_VISIBLE, F_PARSE_ERROR, F_TRUNCATED
+from ..exchange import F_GAP, F_HPACK_INCOMPLETE, F_NOT_VISIBLE, F_PARSE_ERROR, F_TRUNCATED
 from .hpack_observer import UNKNOWN, BlockDecoder
 
 if TYPE_CHECKING:

@@ -25,19 +25,19 @@ import base64
 import dataclasses
 from typing import TYPE_CHECKING
 
-from .exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_PARSE_ERROR, F_PUSHED, F_REFUSED, F_RESET, Connection,
+from ..exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_PARSE_ERROR, F_PUSHED, F_REFUSED, F_RESET, Connection,
                        Exchange, Role, flags_of)
 from .grpc import MessageCounter, call_of, is_grpc
 from .http1 import MessageBuilder
 from .http2 import LOST, SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_FRAME_SIZE, FrameReader
-from .streams import DirectionStream
+from ..streams import DirectionStream
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from .http1 import Bytes
-    from .sessions import Reassembler
-    from .streams import Gap
+    from ..sessions import Reassembler
+    from ..streams import Gap
 
 MAX_STREAMS = 1024
 EGRESS = 0

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from .exchange import Connection, Role
+from ..exchange import Connection, Role
 
 if TYPE_CHECKING:
     from .http1 import Bytes, MessageBuilder
-    from .streams import DirectionStream, Gap
+    from ..streams import DirectionStream, Gap
 
 
 class DirectionReader(Protocol):

@@ -31,14 +31,14 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from .detect import HTTP1, Sniffer
-from .exchange import F_GAP, F_INCOMPLETE, F_MID_STREAM, Connection, Exchange, Role, flags_of
+from ..exchange import F_GAP, F_INCOMPLETE, F_MID_STREAM, Connection, Exchange, Role, flags_of
 from .h2streams import Http2Session, parse_http2_settings
 from .http1 import EITHER, LOST, OPAQUE, PAUSED, REQUEST, RESPONSE, MessageBuilder, MessageReader, switches_protocol
-from .streams import DirectionStream, Gap
+from ..streams import DirectionStream, Gap
 
 if TYPE_CHECKING:
-    from .protocol import DirectionReader
-    from .sessions import Reassembler
+    from .interface import DirectionReader
+    from ..sessions import Reassembler
 
 EGRESS = 0
 INGRESS = 1

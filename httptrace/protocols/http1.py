@@ -34,12 +34,12 @@ import re
 import zlib
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
-from .exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_NOT_VISIBLE, F_PARSE_ERROR,  # noqa: F401 (re-exported)
+from ..exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_NOT_VISIBLE, F_PARSE_ERROR,  # noqa: F401 (re-exported)
                        F_TRUNCATED, F_UPGRADED, Message, flags_of, header_value)
 
 if TYPE_CHECKING:
     from .h1pairing import _Pending
-    from .protocol import DirectionReader
+    from .interface import DirectionReader
 
 # What readers read: the caller's bytes, or their own buffer of what waited.
 Bytes = Union[bytes, bytearray]

@@ -146,6 +146,18 @@ def capture():
     return EventCapture
 
 
+# A TCP server that echoes what it reads: not HTTP, for tests of what the kernel does not classify.
+ECHO_SERVER = """
+import socket, sys
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    c, _ = s.accept()
+    with c:
+        while data := c.recv(65536):
+            c.sendall(data)
+"""
+
+
 @contextlib.contextmanager
 def serving(cmd: list[str], port: int, host: str = "127.0.0.1", **popen_kwargs):
     """A server process, yielded once it accepts connections on host:port; killed afterwards."""

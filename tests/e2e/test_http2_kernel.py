@@ -11,7 +11,7 @@ import pytest
 
 from httptrace.events import Direction, Open, RoleHint
 
-from .conftest import curl, free_port, start_nginx, wait_for_port
+from .conftest import ECHO_SERVER, curl, free_port, start_nginx, wait_for_port
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -152,16 +152,6 @@ def test_only_whole_frames_classify_a_connection_joined_mid_stream(capture, tmp_
     assert cap.stream(client.pid, Direction.EGRESS) == WHOLE_FRAMES
     assert cap.stream(server.pid, Direction.INGRESS) == WHOLE_FRAMES
 
-
-ECHO_SERVER = """
-import socket, sys
-s = socket.create_server(("127.0.0.1", int(sys.argv[1])))
-while True:
-    c, _ = s.accept()
-    with c:
-        while data := c.recv(65536):
-            c.sendall(data)
-"""
 CUT_SHORT = b"\x00\x00\x64\x01\x04\x00\x00\x00\x01" + b"x" * 10     # HEADERS announcing 100 bytes, 10 there
 R_BIT = b"\x00\x00\x04\x08\x00\x80\x00\x00\x01" + b"\x00\x00\x10\x00"  # WINDOW_UPDATE, reserved bit set
 WHOLE_FRAMES = (b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"pingpong"        # PING

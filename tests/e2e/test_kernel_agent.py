@@ -13,7 +13,7 @@ import pytest
 
 from httptrace.events import Close, Data, Direction, Open, RoleHint
 
-from .conftest import HERE, curl, free_port, serving, wait_for_port
+from .conftest import ECHO_SERVER, HERE, curl, free_port, serving, wait_for_port
 
 PY_SERVER = os.path.join(HERE, "servers", "py_server.py")
 RAW_CLIENT = os.path.join(HERE, "raw_client.py")
@@ -138,16 +138,6 @@ def test_keepalive_connection_opened_before_the_tracer(capture, py_server, tmp_p
     ours = [ev for ev in cap.of_type(Open) if ev.conn[0] in (server.pid, client.pid)]
     assert ours and {ev.role_hint for ev in ours} == {RoleHint.UNKNOWN}
 
-
-ECHO_SERVER = """
-import socket, sys
-s = socket.create_server(("127.0.0.1", int(sys.argv[1])))
-while True:
-    c, _ = s.accept()
-    with c:
-        while data := c.recv(65536):
-            c.sendall(data)
-"""
 
 
 def test_non_http_tcp_produces_no_data_events(capture, tmp_path):

@@ -2,8 +2,9 @@
 
 An uprobe on a file covers every process that maps it, including ones started later, so we attach once
 per distinct file (by inode: /lib and /usr/lib are the same files on merged-/usr systems). Programs with
-OpenSSL linked in statically are found by their own symbol table (pyelftools), when it has one.
-Go's crypto/tls is not OpenSSL and is not covered.
+OpenSSL linked in statically are found by their own symbol table (pyelftools), when it has one. Go
+programs are recognised among the executables too and handed to gotls.py (Go's crypto/tls is not
+OpenSSL).
 """
 from __future__ import annotations
 
@@ -97,8 +98,11 @@ class TlsProbes:
 
     def __init__(self, obj: BpfObject, exit_program: str = "ssl_exit"):
         """exit_program: the loaded family's return probe (ssl_exit, or compat_ssl_exit)."""
+        from .gotls import GoTlsProbes
+
         self._obj = obj
         self._exit_program = exit_program
+        self.go = GoTlsProbes(obj, compat=exit_program.startswith("compat_"))
         self._seen: set[tuple[int, int]] = set()
         self.libraries: list[str] = []
         self.links: list[Link] = []
@@ -149,9 +153,9 @@ class TlsProbes:
             if not is_library and time.monotonic() > deadline:
                 break
             self._seen.add((st.st_dev, st.st_ino))
-            if not is_library and not has_own_openssl(path):
-                continue
             shown = path if is_library else os.path.realpath(path)  # the program, not /proc/PID/exe
+            if not is_library and (self.go.examine(path, shown) or not has_own_openssl(path)):
+                continue
             try:
                 self._attach(path)
             except Exception as exc:  # a file without the symbols (or an odd build) is skipped, not fatal

@@ -995,6 +995,8 @@ int BPF_KRETPROBE(compat_ssl_exit, int rc)
 #define GO_RET1(r) ((r)->ax)  /* n int */
 #define GO_RET2(r) ((r)->bx)  /* err error: the itab word, 0 when nil */
 #define GO_G(r) ((r)->r14)
+/* At a RET: where register argument i was spilled, in the caller's frame above the return address. */
+#define GO_ARG_SPILL(r, i) ((r)->sp + 8 + 8 * (i))
 #else
 #error "Go TLS probes: only x86-64 registers are mapped"
 #endif
@@ -1042,10 +1044,8 @@ static __always_inline void count_go_error(__u32 kind)
 		*n += 1;
 }
 
-/* The socket fd behind a *tls.Conn: c.conn (net.Conn) -> *net.TCPConn -> *netFD -> pfd.Sysfd, at the
- * offsets of the running program's build. -1 (counted) when the chain does not end at a stream socket,
- * e.g. a conn that is not a *net.TCPConn. */
-static __always_inline int go_conn_fd(__u64 conn)
+/* The struct offsets of the current process's Go program (by its file's inode, else the default). */
+static __always_inline struct ht_go_offsets *go_offsets_here(void)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u64 ino = BPF_CORE_READ(task, mm, exe_file, f_inode, i_ino);
@@ -1054,6 +1054,15 @@ static __always_inline int go_conn_fd(__u64 conn)
 		ino = 0;
 		o = bpf_map_lookup_elem(&go_offsets, &ino);
 	}
+	return o;
+}
+
+/* The socket fd behind a *tls.Conn: c.conn (net.Conn) -> *net.TCPConn -> *netFD -> pfd.Sysfd, at the
+ * offsets of the running program's build. -1 (counted) when the chain does not end at a stream socket,
+ * e.g. a conn that is not a *net.TCPConn. */
+static __always_inline int go_conn_fd(__u64 conn)
+{
+	struct ht_go_offsets *o = go_offsets_here();
 	if (!o) {
 		count_go_error(HT_GO_UNKNOWN_BINARY);
 		return -1;
@@ -1107,17 +1116,37 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u8 direction, boo
 	return 0;
 }
 
-static __always_inline int go_tls_exit(struct pt_regs *ctx, bool compat)
+/* A Read that was already under way when the probes were attached (an idle keep-alive connection
+ * waits in one): its entry was never seen, but where the program's Read spills its arguments on every
+ * path (user space checked its code), they are still in their spill slots at the RET. */
+static __always_inline bool go_read_args_spilled(struct pt_regs *ctx, __u32 tgid, struct go_tls_call *call)
+{
+	struct ht_go_offsets *o = go_offsets_here();
+	if (!o || !o->read_args_spilled || !process_wanted(tgid))
+		return false;
+	if (bpf_probe_read_user(&call->conn, sizeof(call->conn), (void *)GO_ARG_SPILL(ctx, 0)) ||
+	    bpf_probe_read_user(&call->buf, sizeof(call->buf), (void *)GO_ARG_SPILL(ctx, 1)))
+		return false;
+	call->direction = HT_INGRESS;
+	return true;
+}
+
+static __always_inline int go_read_exit(struct pt_regs *ctx, bool compat)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct go_call_key key = {.tgid = tgid, .g = GO_G(ctx)};
+	struct go_tls_call call = {};
 	struct go_tls_call *found = bpf_map_lookup_elem(&go_tls_calls, &key);
-	if (!found)
-		return 0;
-	struct go_tls_call call = *found;
-	bpf_map_delete_elem(&go_tls_calls, &key);
+	if (found) {
+		call = *found;
+		bpf_map_delete_elem(&go_tls_calls, &key);
+		if (call.direction != HT_INGRESS)
+			return 0;
+	}
 	long n = GO_RET1(ctx);
-	if (call.direction != HT_INGRESS || n <= 0 || GO_RET2(ctx))
+	if (n <= 0 || GO_RET2(ctx))
+		return 0;
+	if (!found && !go_read_args_spilled(ctx, tgid, &call))
 		return 0;
 	return go_tls_report(tgid, &call, n, compat);
 }
@@ -1141,15 +1170,24 @@ int go_read_enter(struct pt_regs *ctx)
 	return go_tls_enter(ctx, HT_INGRESS, false);
 }
 
-/* At each RET of both functions. */
-SEC("?uprobe")
-int go_tls_ret(struct pt_regs *ctx)
+/* At each RET of Write: the call is over (its bytes went out at the entry). */
+SEC("uprobe")
+int go_write_ret(struct pt_regs *ctx)
 {
-	return go_tls_exit(ctx, false);
+	struct go_call_key key = {.tgid = bpf_get_current_pid_tgid() >> 32, .g = GO_G(ctx)};
+	bpf_map_delete_elem(&go_tls_calls, &key);
+	return 0;
+}
+
+/* At each RET of Read: the bytes it read. */
+SEC("?uprobe")
+int go_read_ret(struct pt_regs *ctx)
+{
+	return go_read_exit(ctx, false);
 }
 
 SEC("?uprobe")
-int compat_go_tls_ret(struct pt_regs *ctx)
+int compat_go_read_ret(struct pt_regs *ctx)
 {
-	return go_tls_exit(ctx, true);
+	return go_read_exit(ctx, true);
 }

@@ -105,7 +105,8 @@ struct ht_go_offsets {
 	__u32 netfd_sysfd;  /* netFD.pfd.Sysfd: the fd (int) */
 	__u32 netfd_family; /* netFD.family (int): AF_INET or AF_INET6, checked */
 	__u32 netfd_sotype; /* netFD.sotype (int): SOCK_STREAM, checked */
-	__u32 _pad;
+	__u32 read_args_spilled; /* 1: Read stores its arguments in their spill slots on every path, so a
+				  * Read that began before the probes were attached is found at its RET */
 };
 
 /* Go TLS plaintext the kernel could not attribute to a socket, counted per CPU (map go_tls_errors). */

@@ -87,7 +87,8 @@ class Config(ctypes.Structure):
 class GoOffsets(ctypes.Structure):
     """Value of go_offsets: from a crypto/tls.Conn to its socket's fd, in that program's build."""
     _fields_ = [("conn", ctypes.c_uint32), ("tcpconn_fd", ctypes.c_uint32), ("netfd_sysfd", ctypes.c_uint32),
-                ("netfd_family", ctypes.c_uint32), ("netfd_sotype", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+                ("netfd_family", ctypes.c_uint32), ("netfd_sotype", ctypes.c_uint32),
+                ("read_args_spilled", ctypes.c_uint32)]
 
 
 # C struct name -> mirror, for the contract test.

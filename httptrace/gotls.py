@@ -14,6 +14,7 @@ Probes are attached at file offsets, to the file itself: they cover every proces
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -26,9 +27,9 @@ log = structlog.get_logger("httptrace.gotls")
 
 MIN_VERSION = (1, 17)   # amd64 register ABI; older Go passes arguments on the stack
 WRITE, READ = "crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read"
-# function -> its entry program; "{}" is the family's prefix ("" or "compat_"): Write reports at entry.
-ENTRY_PROGRAMS = {WRITE: "{}go_write_enter", READ: "go_read_enter"}
-EXIT_PROGRAM = "{}go_tls_ret"
+# function -> (entry program, RET program); "{}" is the family's prefix ("" or "compat_"): Write
+# reports at its entry, Read at its RETs.
+PROGRAMS = {WRITE: ("{}go_write_enter", "go_write_ret"), READ: ("go_read_enter", "{}go_read_ret")}
 MAX_BINARY_SIZE = 1 << 30
 
 # Byte offsets from a *tls.Conn to its socket (see struct ht_go_offsets): tls.Conn.conn at 0, the
@@ -67,6 +68,40 @@ def find_returns(code: bytes, address: int) -> List[int]:
     if decoded != len(code):
         raise DecodeError(f"undecodable instruction at {address + decoded:#x}")
     return returns
+
+
+_STORE = re.compile(r"qword ptr \[rsp \+ (0x[0-9a-f]+|\d+)\], (\w+)$")
+_ARGUMENT_REGISTERS = ("rax", "rbx")   # Read's c and b.ptr (register ABI, x86-64)
+_REGISTER_ALIASES = {"rax": ("rax", "eax", "ax", "al"), "rbx": ("rbx", "ebx", "bx", "bl")}
+
+
+def arguments_spilled(code: bytes, address: int) -> bool:
+    """Does the function store its first two arguments in their spill slots (above the return address)
+    in its straight-line prologue, before any branch, call or RET, i.e. on every path that returns? Then
+    they are still there at each RET, for a call whose entry we did not see."""
+    import capstone
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    frame, framed, stored = 0, False, set()
+    for _, _, mnemonic, op_str in md.disasm_lite(code, address):
+        if not framed:   # the stack check (cmp, jbe to morestack) comes before the frame is made
+            if mnemonic == "push" and op_str == "rbp":
+                frame += 8
+            elif mnemonic == "sub" and op_str.startswith("rsp, "):
+                frame, framed = frame + int(op_str[5:], 0), True
+            continue
+        if mnemonic.startswith("j") or mnemonic in ("call", "ret"):
+            break
+        found = _STORE.match(op_str) if mnemonic == "mov" else None
+        if found and found.group(2) in _ARGUMENT_REGISTERS:
+            if int(found.group(1), 0) == frame + 8 + 8 * _ARGUMENT_REGISTERS.index(found.group(2)):
+                stored.add(found.group(2))
+            continue
+        destination = op_str.split(",", 1)[0].strip()
+        for register in _ARGUMENT_REGISTERS:   # overwritten before it was stored: the slot is not the argument
+            if register not in stored and destination in _REGISTER_ALIASES[register]:
+                return False
+    return stored == set(_ARGUMENT_REGISTERS)
 
 
 def _member_offset(die) -> Optional[int]:
@@ -153,12 +188,15 @@ class GoTarget:
     probes: Dict[str, Tuple[int, List[int]]]       # function -> (entry offset, RET offsets)
     offsets: Dict[str, int]
     offsets_from: str                              # "DWARF" or "the go1.X table"
+    read_args_spilled: bool = False
     skipped: Dict[str, str] = field(default_factory=dict)   # function -> why it is not probed
 
     def describe(self) -> str:
         parts = [f"{name.rsplit('.', 1)[-1]} ({len(rets)} RETs)" for name, (_, rets) in self.probes.items()]
         parts += [f"not {name.rsplit('.', 1)[-1]}: {why}" for name, why in self.skipped.items()]
-        return f"{self.version}{' PIE' if self.pie else ''}: {', '.join(parts)}; offsets from {self.offsets_from}"
+        spilled = "; Reads under way at start found" if self.read_args_spilled else ""
+        return (f"{self.version}{' PIE' if self.pie else ''}: {', '.join(parts)}; offsets from {self.offsets_from}"
+                + spilled)
 
 
 def plan(path: str) -> GoTarget:
@@ -180,16 +218,19 @@ def plan(path: str) -> GoTarget:
             raise Unsupported(f"{binary.version}: {exc}") from None
         if not functions:
             raise Unsupported(f"{binary.version}: no crypto/tls.(*Conn).Write or Read (no TLS in it)")
-        probes, skipped = {}, {}
+        probes, skipped, spilled = {}, {}, False
         for name in (WRITE, READ):
             function = functions.get(name)
             if function is None:
                 skipped[name] = "function not found"
                 continue
             try:
-                probes[name] = _function_probes(binary, function)
+                probes[name], code = _function_probes(binary, function)
             except (DecodeError, NotGo) as exc:
                 skipped[name] = f"decode failure: {exc}"
+                continue
+            if name == READ:
+                spilled = arguments_spilled(code, function.start)
         if not probes:
             raise Unsupported(f"{binary.version}: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
         offsets = dwarf_offsets(path)
@@ -199,10 +240,11 @@ def plan(path: str) -> GoTarget:
             source = f"the go{version[0]}.{version[1]} table"
             if offsets is None:
                 raise Unsupported(f"{binary.version}: no DWARF and no built-in struct offsets for this version")
-        return GoTarget(binary.version, binary.pie, probes, dict(offsets), source, skipped)
+        return GoTarget(binary.version, binary.pie, probes, dict(offsets), source, read_args_spilled=spilled,
+                        skipped=skipped)
 
 
-def _function_probes(binary: GoBinary, function: Function) -> Tuple[int, List[int]]:
+def _function_probes(binary: GoBinary, function: Function) -> Tuple[Tuple[int, List[int]], bytes]:
     size = function.end - function.start
     if not 0 < size < 1 << 20:
         raise DecodeError(f"implausible size {size}")
@@ -211,7 +253,7 @@ def _function_probes(binary: GoBinary, function: Function) -> Tuple[int, List[in
     returns = find_returns(code, function.start)
     if not returns:
         raise DecodeError("no RET instruction")
-    return binary.file_offset(function.start), [binary.file_offset(at) for at in returns]
+    return (binary.file_offset(function.start), [binary.file_offset(at) for at in returns]), code
 
 
 @dataclass
@@ -222,8 +264,8 @@ class GoProgram:
     detail: str
 
 
-def _offsets_value(offsets: Dict[str, int]) -> bytes:
-    value = events.GoOffsets()
+def _offsets_value(offsets: Dict[str, int], read_args_spilled: bool = False) -> bytes:
+    value = events.GoOffsets(read_args_spilled=int(read_args_spilled))
     for name, offset in offsets.items():
         setattr(value, name, offset)
     return bytes(value)
@@ -279,13 +321,14 @@ class GoTlsProbes:
             log.info("not probing Go program", path=shown, reason=detail)
 
     def _attach(self, path: str, inode: int, target: GoTarget) -> None:
-        self._obj.map("go_offsets").update(inode.to_bytes(8, "little"), _offsets_value(target.offsets))
+        self._obj.map("go_offsets").update(inode.to_bytes(8, "little"),
+                                           _offsets_value(target.offsets, target.read_args_spilled))
         links = []
         try:
             for name, (entry, returns) in target.probes.items():
+                entry_program, ret_program = (p.format(self._prefix) for p in PROGRAMS[name])
                 for at in returns:   # RETs first: an entry without its RETs would only leave stale calls
-                    links.append(self._obj.program(EXIT_PROGRAM.format(self._prefix)).attach_uprobe_at(path, at))
-                entry_program = ENTRY_PROGRAMS[name].format(self._prefix)
+                    links.append(self._obj.program(ret_program).attach_uprobe_at(path, at))
                 links.append(self._obj.program(entry_program).attach_uprobe_at(path, entry))
         except BaseException:
             for link in links:

@@ -89,8 +89,9 @@ def has_own_openssl(path: str) -> bool:
 
 
 def running_executables() -> list[str]:
-    """/proc/PID/exe of every process: attaching through it reaches files inside containers too."""
-    return glob.glob("/proc/[0-9]*/exe")
+    """/proc/PID/exe of every process, newest first (the re-scan's budget may not reach the end): attaching
+    through it reaches files inside containers too."""
+    return sorted(glob.glob("/proc/[0-9]*/exe"), key=lambda p: int(p.split("/")[2]), reverse=True)
 
 
 class TlsProbes:
@@ -141,7 +142,7 @@ class TlsProbes:
     def _refresh(self, executables: bool, budget_s: float) -> list[str]:
         added = []
         libraries = system_libraries() + mapped_libraries()
-        deadline = time.monotonic() + budget_s
+        deadline = None   # the budget is for programs: attaching to libraries does not use it up
         for path in libraries + (running_executables() if executables else []):
             try:
                 st = os.stat(path)
@@ -150,8 +151,10 @@ class TlsProbes:
             if (st.st_dev, st.st_ino) in self._seen:
                 continue
             is_library = path in libraries
-            if not is_library and time.monotonic() > deadline:
-                break
+            if not is_library:
+                deadline = deadline or time.monotonic() + budget_s
+                if time.monotonic() > deadline:
+                    break
             self._seen.add((st.st_dev, st.st_ino))
             shown = path if is_library else os.path.realpath(path)  # the program, not /proc/PID/exe
             if not is_library and (self.go.examine(path, shown) or not has_own_openssl(path)):

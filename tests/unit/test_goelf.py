@@ -156,3 +156,30 @@ def test_old_go_is_unsupported(builds, monkeypatch):
     monkeypatch.setattr(GoBinary, "go_version", property(lambda self: (1, 16)))
     with pytest.raises(gotls.Unsupported, match="stack"):
         gotls.plan(builds["default"])
+
+
+def test_read_spills_its_arguments_and_write_does_not(builds):
+    """Read's spilled c and b let a Read already under way when the probes are attached be reported at
+    its RET; Write keeps c in a register only, so the check must say no for it."""
+    with GoBinary(builds["default"]) as binary:
+        found = binary.functions([gotls.READ, gotls.WRITE])
+        code = {fn: binary.read(f.start, f.end - f.start) for fn, f in found.items()}
+    assert gotls.arguments_spilled(code[gotls.READ], found[gotls.READ].start)
+    assert not gotls.arguments_spilled(code[gotls.WRITE], found[gotls.WRITE].start)
+
+
+STACK_CHECK = bytes.fromhex("493b6610" "7610")   # cmp rsp, [r14+0x10]; jbe morestack
+FRAME = bytes.fromhex("4883ec68")                 # sub rsp, 0x68: spill slots at 0x70, 0x78, ...
+SPILL_RAX = bytes.fromhex("4889442470")           # mov [rsp+0x70], rax
+SPILL_RBX = bytes.fromhex("48895c2478")           # mov [rsp+0x78], rbx
+
+
+@pytest.mark.parametrize("code, spilled", [
+    (STACK_CHECK + FRAME + SPILL_RAX + SPILL_RBX + b"\xc3", True),
+    (STACK_CHECK + FRAME + SPILL_RBX + SPILL_RAX + b"\xc3", True),
+    (STACK_CHECK + FRAME + SPILL_RAX + b"\xc3" + SPILL_RBX, False),                  # after a RET: not every path
+    (STACK_CHECK + FRAME + bytes.fromhex("4889442478") + SPILL_RBX + b"\xc3", False),  # rax into rbx's slot
+    (STACK_CHECK + FRAME + bytes.fromhex("31c0") + SPILL_RAX + SPILL_RBX + b"\xc3", False),  # xor eax first
+])
+def test_arguments_spilled_only_in_the_straight_line_prologue(code, spilled):
+    assert gotls.arguments_spilled(code, 0x1000) is spilled

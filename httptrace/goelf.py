@@ -85,10 +85,16 @@ class GoBinary:
     def __init__(self, path: str):
         self.path = path
         with open(path, "rb") as f:
-            self._image = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                self._image = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except ValueError:   # empty
+                raise NotGo("empty file") from None
         try:
             self._read_headers()
             self.version = self._build_version()
+        except (struct.error, IndexError, ValueError, OverflowError) as exc:   # truncated or malformed
+            self.close()
+            raise NotGo(f"malformed ELF: {exc}") from None
         except BaseException:
             self.close()
             raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -141,14 +142,14 @@ def dwarf_offsets(path: str) -> Optional[Dict[str, int]]:
             if dwarf.debug_info_sec is None:   # e.g. only the C parts' .debug_frame
                 return None
             info = dwarf.debug_info_sec.stream.getvalue()
-            for struct, members in _DWARF_MEMBERS.items():
-                for die in _struct_dies(dwarf, info, struct):
+            for type_name, members in _DWARF_MEMBERS.items():
+                for die in _struct_dies(dwarf, info, type_name):
                     for child in die.iter_children():
                         member = child.attributes.get("DW_AT_name")
                         if child.tag == "DW_TAG_member" and member and member.value.decode() in members:
                             offset = _member_offset(child)
                             if offset is not None:
-                                found[(struct, member.value.decode())] = offset
+                                found[(type_name, member.value.decode())] = offset
                     break
     except (ELFError, OSError, ValueError, KeyError, AttributeError) as exc:
         log.debug("cannot read DWARF", path=path, error=str(exc))
@@ -302,6 +303,9 @@ class GoTlsProbes:
                 return False
             except Unsupported as exc:
                 self._report(shown, False, str(exc))
+                return True
+            except (struct.error, IndexError, ValueError, OverflowError) as exc:   # a malformed Go binary
+                self._report(shown, False, f"cannot read it: {exc}")
                 return True
             try:
                 self._attach(held, os.fstat(fd).st_ino, target)

@@ -130,16 +130,18 @@ class TlsProbes:
         with self._lock:
             pass
 
-    def refresh(self, executables: bool = True, budget_s: float = EXECUTABLES_BUDGET_S) -> list[str]:
-        """Attach to libraries (and, with `executables`, statically linked programs) not seen before.
-        Programs are examined for at most `budget_s` per call (plus the one under way), the rest at
-        the next: it bounds both the CPU a re-scan takes and how long close() may wait for it."""
+    def refresh(self, executables: bool = True, budget_s: float = EXECUTABLES_BUDGET_S,
+                static_openssl: bool = True) -> list[str]:
+        """Attach to libraries and, with `executables`, to Go programs and (with `static_openssl`)
+        statically linked OpenSSL programs not seen before. Programs are examined for at most
+        `budget_s` per call (plus the one under way), the rest at the next: it bounds both the CPU a
+        re-scan takes and how long close() may wait for it."""
         with self._lock:
             if self._closed.is_set():
                 return []
-            return self._refresh(executables, budget_s)
+            return self._refresh(executables, budget_s, static_openssl)
 
-    def _refresh(self, executables: bool, budget_s: float) -> list[str]:
+    def _refresh(self, executables: bool, budget_s: float, static_openssl: bool) -> list[str]:
         added = []
         libraries = system_libraries() + mapped_libraries()
         deadline = None   # the budget is for programs: attaching to libraries does not use it up
@@ -151,13 +153,18 @@ class TlsProbes:
             if (st.st_dev, st.st_ino) in self._seen:
                 continue
             is_library = path in libraries
+            shown = path if is_library else os.path.realpath(path)  # the program, not /proc/PID/exe
             if not is_library:
                 deadline = deadline or time.monotonic() + budget_s
                 if time.monotonic() > deadline:
                     break
+                if self.go.examine(path, shown):
+                    self._seen.add((st.st_dev, st.st_ino))
+                    continue
+                if not static_openssl:   # a later re-scan looks at it for OpenSSL (symbol tables are slow)
+                    continue
             self._seen.add((st.st_dev, st.st_ino))
-            shown = path if is_library else os.path.realpath(path)  # the program, not /proc/PID/exe
-            if not is_library and (self.go.examine(path, shown) or not has_own_openssl(path)):
+            if not is_library and not has_own_openssl(path):
                 continue
             try:
                 self._attach(path)

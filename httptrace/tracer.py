@@ -34,7 +34,7 @@ MAX_BATCH = 4096           # events decoded per batch before exchanges are hande
 DRAIN_SECONDS = 30.0       # after stop(), the most we spend on the backlog (a ring still being filled
                            # by heavy traffic could otherwise keep us forever)
 SWEEP_EVERY_S = 2.0        # forget connections of processes that exited without close()
-TLS_START_BUDGET_S = 1.0   # examining running programs at start (a Go program with DWARF: ~0.3 s)
+TLS_START_BUDGET_S = 1.0   # examining running Go programs at start (one with DWARF: ~0.1 s)
 TLS_RESCAN_EVERY_S = 6.0   # look for TLS libraries of new processes (a thread of tls.TlsProbes): reads
                            # every /proc/PID/maps, so not too often (at 2 s: ~3% of the agent's CPU)
 
@@ -122,7 +122,9 @@ class Tracer:
             from .tls import TlsProbes
 
             self._tls = TlsProbes(obj, exit_program="compat_ssl_exit" if family == "compat" else "ssl_exit")
-            self._tls.refresh(budget_s=TLS_START_BUDGET_S)   # programs already running (Go, static OpenSSL)
+            # Go programs already running too; static OpenSSL programs are left to the re-scans, as
+            # reading their symbol tables would hold up the start.
+            self._tls.refresh(budget_s=TLS_START_BUDGET_S, static_openssl=False)
             self._tls.rescan_every(TLS_RESCAN_EVERY_S)   # libraries and programs of processes started since
         log.info("attached", programs=f"{family} ({why})", links=len(obj.links),
                  seconds=round(time.monotonic() - started, 3),

@@ -183,3 +183,54 @@ SPILL_RBX = bytes.fromhex("48895c2478")           # mov [rsp+0x78], rbx
 ])
 def test_arguments_spilled_only_in_the_straight_line_prologue(code, spilled):
     assert gotls.arguments_spilled(code, 0x1000) is spilled
+
+
+class _Image:
+    """Just enough of a GoBinary for Pclntab: the bytes and a text base."""
+    def __init__(self, data: bytes, text_base: int):
+        self._image, self._text_base = data, text_base
+
+    def text_base(self) -> int:
+        return self._text_base
+
+
+def _pclntab(magic: int, entries: list, names: list, text_start: int = 0) -> bytes:
+    """A hand-made pclntab: Go 1.16-1.17 (pointer-sized functab, absolute entries) or 1.18+ (32-bit
+    offsets from textStart)."""
+    import struct
+
+    wide = magic == 0xFFFFFFFA
+    funcnames = b"\0" + b"".join(n.encode() + b"\0" for n in names)
+    name_offsets = [funcnames.index(b"\0" + n.encode() + b"\0") + 1 for n in names]
+    header_words = 7 if wide else 8
+    names_at = 8 + 8 * header_words
+    functab_at = names_at + len(funcnames) + (-len(funcnames)) % 8
+    pair = "<QQ" if wide else "<II"
+    functab_size = (len(entries) + 1) * struct.calcsize(pair)
+    funcs, records = [], b""
+    for entry, name_off in zip(entries, name_offsets):
+        funcs.append(functab_size + len(records))
+        records += struct.pack("<Qi4x" if wide else "<Ii", entry, name_off)
+    end = entries[-1] + 0x100
+    table = b"".join(struct.pack(pair, e, f) for e, f in zip(entries + [end], funcs + [0]))
+    if wide:   # nfunc, nfiles, funcnametab, cutab, filetab, pctab, pclntab
+        words = [len(entries), 0, names_at, functab_at, functab_at, functab_at, functab_at]
+    else:      # nfunc, nfiles, textStart, funcnametab, cutab, filetab, pctab, pclntab
+        words = [len(entries), 0, text_start, names_at, functab_at, functab_at, functab_at, functab_at]
+    header = struct.pack("<IBBBB", magic, 0, 0, 1, 8) + struct.pack(f"<{header_words}Q", *words)
+    return header + funcnames + b"\0" * ((-len(funcnames)) % 8) + table + records
+
+
+@pytest.mark.parametrize("magic, entries, base", [
+    (0xFFFFFFFA, [0x401000, 0x401080, 0x401200], 0),          # Go 1.16-1.17: absolute PCs
+    (0xFFFFFFF0, [0x0, 0x80, 0x200], 0x401000),               # Go 1.18-1.19: offsets from textStart
+    (0xFFFFFFF1, [0x0, 0x80, 0x200], 0x401000),               # Go 1.20+
+])
+def test_pclntab_layouts(magic, entries, base):
+    from httptrace.goelf import Function, Pclntab
+
+    names = ["main.main", "crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read"]
+    table = Pclntab(_Image(_pclntab(magic, entries, names, text_start=base), base), 0, 0)
+    found = table.functions([gotls.WRITE, gotls.READ, "missing.function"])
+    assert found == {gotls.WRITE: Function(gotls.WRITE, base + entries[1], base + entries[2]),
+                     gotls.READ: Function(gotls.READ, base + entries[2], base + entries[2] + 0x100)}

@@ -6,13 +6,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-BUILD_PKGS := clang-16 llvm-16 libbpf-dev libelf-dev zlib1g-dev bpftool gcc pkg-config python3-dev python3-venv
-TEST_PKGS := nginx wrk curl golang-go nodejs openssl libssl-dev iproute2 procps util-linux
+# libbpf, libelf and zlib are not among them: build.py builds them from Debian's source packages with zig
+# (PyPI's ziglang, installed into the venv), dpkg-dev unpacks those.
+BUILD_PKGS := clang-16 llvm-16 bpftool gcc dpkg-dev python3-dev python3-venv
+TEST_PKGS := nginx wrk curl golang-go nodejs openssl libssl-dev iproute2 procps util-linux nghttp2-client
 BENCH_PKGS := nginx wrk tcpdump tshark apache2-utils
-# tests/kernels: QEMU boots the kernels of tests/kernels/kernels.txt and runs the wheel on each.
-KERNEL_PKGS := qemu-system-x86 busybox-static curl openssl
+# tests/kernels: QEMU boots the guests of tests/kernels/kernels.txt (Debian kernels, debootstrapped Debian
+# userlands) and runs the wheel in each; go builds the static seed server they serve.
+KERNEL_PKGS := qemu-system-x86 busybox-static debootstrap golang-go
 
-.PHONY: run test test-unit test-e2e test-kernels bench wheel vmlinux clean sysdeps-build sysdeps-test sysdeps-kernels build
+.PHONY: run test test-unit test-e2e test-kernels bench wheel vmlinux clean sysdeps-build sysdeps-src sysdeps-test sysdeps-kernels build deps
+ZIGLANG := $(shell sed -n 's/^ZIGLANG_VERSION = "\([^"]*\)".*/\1/p' build.py)
+DEB_SRC := /etc/apt/sources.list.d/httptrace-deb-src
 
 # Install Debian packages that are missing; apt-get update once, only if something is missing.
 define apt_ensure
@@ -24,8 +29,19 @@ define apt_ensure
 	fi
 endef
 
-sysdeps-build:
+sysdeps-build: sysdeps-src
 	$(call apt_ensure,$(BUILD_PKGS))
+
+# build.py fetches its sources with apt-get source, which needs deb-src entries: where there are none,
+# add the deb-src twin of Debian's own deb entries (either configuration format bookworm uses).
+sysdeps-src:
+	@if ! apt-cache showsrc libbpf 2>/dev/null | grep -q '^Package: libbpf$$'; then \
+	  echo "adding deb-src entries ($(DEB_SRC).*)"; \
+	  if [ -f /etc/apt/sources.list ]; then sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > $(DEB_SRC).list; fi; \
+	  if [ -f /etc/apt/sources.list.d/debian.sources ]; then \
+	    sed 's/^Types:.*/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > $(DEB_SRC).sources; fi; \
+	  apt-get update -qq; \
+	fi
 
 sysdeps-test: sysdeps-build
 	$(call apt_ensure,$(TEST_PKGS))
@@ -36,7 +52,8 @@ sysdeps-kernels:
 
 $(VENV)/.installed: pyproject.toml setup.py build.py | sysdeps-build
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel cffi
+	$(PY) -m pip install -q --upgrade pip setuptools wheel cffi ziglang==$(ZIGLANG)
+	$(PY) build.py deps >/dev/null
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $@
 
@@ -44,11 +61,16 @@ $(VENV)/.installed: pyproject.toml setup.py build.py | sysdeps-build
 build: $(VENV)/.installed
 	$(PY) build.py
 
+# Only the vendored static libraries (a few minutes once, then cached in $${HTTPTRACE_CACHE:-/var/cache/httptrace}).
+deps: $(VENV)/.installed
+	$(PY) build.py deps
+
 run: build
 	$(PY) -m httptrace $(ARGS)
 
 # Then the end-to-end suite once more with the compat programs (the family of kernels before 5.17).
 test: sysdeps-test sysdeps-kernels build
+	$(PY) -m mypy --strict httptrace
 	$(PY) -m pytest -ra tests
 	HTTPTRACE_PROGRAMS=compat $(PY) -m pytest -ra tests/e2e --ignore=tests/e2e/test_wheel.py
 
@@ -59,7 +81,8 @@ test-e2e: sysdeps-test build
 	$(PY) -m pytest -ra tests/e2e
 	HTTPTRACE_PROGRAMS=compat $(PY) -m pytest -ra tests/e2e --ignore=tests/e2e/test_wheel.py
 
-# The wheel, built once, on each kernel of tests/kernels/kernels.txt in a QEMU guest (see docs/kernels.md).
+# The wheel, built once, in each guest of tests/kernels/kernels.txt (see docs/kernels.md); caches in
+# ${HTTPTRACE_CACHE:-/var/cache/httptrace}.
 test-kernels: sysdeps-kernels wheel
 	HTTPTRACE_WHEEL="$$(ls $(CURDIR)/wheelhouse/httptrace-*.whl)" $(PY) -m pytest -ra tests/kernels
 
@@ -70,7 +93,7 @@ bench: sysdeps-test build
 wheel: $(VENV)/.installed
 	rm -rf dist wheelhouse
 	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist .
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m auditwheel repair -w wheelhouse dist/httptrace-*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m auditwheel repair --plat manylinux_2_17_x86_64 -w wheelhouse dist/httptrace-*.whl
 	@ls wheelhouse/
 
 vmlinux:

@@ -315,6 +315,7 @@ static __always_inline void send_open(struct ht_conn_info *ci)
 		bpf_core_read(e->remote_addr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_ringbuf_submit(e, wakeup_flag());
 	ci->open_sent = 1;
 }

@@ -57,6 +57,7 @@ struct ht_open_event {
 	__u8 local_addr[16]; /* 4 bytes used for AF_INET */
 	__u8 remote_addr[16];
 	char comm[HT_COMM_LEN];
+	__u64 cgroup_id; /* bpf_get_current_cgroup_id(): the inode of the process's cgroup v2 directory */
 };
 
 struct ht_data_event {

@@ -68,7 +68,9 @@ def _effective_caps() -> int:
 
 def check_privileges() -> CheckResult:
     caps = _effective_caps()
-    has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
+    def has(cap: int) -> bool:
+        return bool(caps >> cap & 1)
+
     if has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
         who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
         return CheckResult("privileges", True, f"{who} with CAP_BPF and CAP_PERFMON")

@@ -17,16 +17,24 @@ import stat
 import sys
 import threading
 import time
-from typing import IO, Any
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Protocol
 
 import structlog
 
+from httptrace._log import EVENT_ATTRIBUTE, get_logger
 from httptrace.errors import EnvironmentProblem, HttptraceError, LibbpfError
 from httptrace.filters import (
     ExchangeFilter, FilterSpecError, build_filter, compile_path_regex, parse_methods, parse_statuses,
 )
 from httptrace.output import FORMATS, OutputOptions, httptrace_version, make_writer
 from httptrace.redact import DEFAULT_REDACTED_HEADERS, Redactor
+
+if TYPE_CHECKING:
+    from httptrace.checks import CheckResult
+    from httptrace.exchange import Exchange
+    from httptrace.output import ExchangeWriter
+    from httptrace.tracer import Tracer
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1      # --check ran and found a problem
@@ -36,7 +44,7 @@ EXIT_INTERRUPTED = 130     # Ctrl-C before capture started, or a second Ctrl-C
 TASK_COMM_LEN = 16         # the kernel keeps 15 characters of a command name
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-log = structlog.get_logger("httptrace.cli")
+log = get_logger("httptrace.cli")
 
 EXAMPLES = """\
 examples:
@@ -60,11 +68,11 @@ Exit status: 0 ok, 1 --check found a problem, 2 usage or environment error,
 # --- option parsing ---------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, with the way out, instead of usage + error
+    def error(self, message: str) -> NoReturn:  # one line, with the way out, instead of usage + error
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_in(low: int, high: int | None, what: str):
+def _int_in(low: int, high: int | None, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text, 10)
@@ -96,7 +104,7 @@ def _ring_buffer_size(text: str) -> int:
     return size   # the Tracer rounds it up to a power-of-two number of pages
 
 
-def _positive_number(what: str, allow_zero: bool = False):
+def _positive_number(what: str, allow_zero: bool = False) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -108,7 +116,7 @@ def _positive_number(what: str, allow_zero: bool = False):
     return parse
 
 
-def _checked(validate):
+def _checked(validate: Callable[[str], object]) -> Callable[[str], str]:
     """Run a filters.py parser for validation but keep the user's text."""
     def parse(text: str) -> str:
         try:
@@ -212,15 +220,39 @@ def exchange_filter_from_args(args: argparse.Namespace) -> ExchangeFilter:
 
 # --- logging ----------------------------------------------------------------------
 
-def _isatty(stream: IO) -> bool:
+def _isatty(stream: IO[Any]) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError, OSError):
         return False
 
 
+class _RenderingHandler(logging.Handler):
+    """Renders httptrace's log records with structlog processors, one line each on a stream."""
+
+    def __init__(self, stream: IO[str], processors: list[Any]):
+        super().__init__()
+        self.stream = stream
+        self.processors = processors
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = getattr(record, EVENT_ATTRIBUTE, None)
+            event: Any = dict(fields) if fields is not None else {"event": record.getMessage()}
+            method = record.levelname.lower()
+            for processor in self.processors:
+                event = processor(None, method, event)
+            self.stream.write(f"{event}\n")
+            self.stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(level: str = "info", stream: IO[str] | None = None) -> None:
-    """structlog to `stream` (stderr by default): readable on a terminal, JSON otherwise."""
+    """httptrace's log records to `stream` (stderr by default): readable on a terminal, JSON otherwise.
+
+    The library only hands records to the `httptrace` logger of the logging module (see _log.py); the
+    CLI is the one place that renders them, with this handler, and keeps them from the root logger."""
     stream = stream if stream is not None else sys.stderr
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -231,23 +263,23 @@ def configure_logging(level: str = "info", stream: IO[str] | None = None) -> Non
         processors.append(structlog.dev.ConsoleRenderer(colors="NO_COLOR" not in os.environ))
     else:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
-    )
+    logger = logging.getLogger("httptrace")
+    for handler in [h for h in logger.handlers if isinstance(h, _RenderingHandler)]:
+        logger.removeHandler(handler)   # configured again (tests do): one handler, the latest
+    logger.addHandler(_RenderingHandler(stream, processors))
+    logger.setLevel(level.upper())
+    logger.propagate = False
 
 
 # --- seams for tests: everything that needs root or compiled code -----------------
 
-def _open_tracer(**kwargs: Any):
+def _open_tracer(**kwargs: Any) -> Tracer:
     """The Tracer, imported late so --help and --version work without the compiled module."""
     from httptrace.tracer import Tracer
     return Tracer(**kwargs)
 
 
-def _run_checks(programs: str | None = None) -> list:
+def _run_checks(programs: str | None = None) -> list[CheckResult]:
     """The host's checks, then loading and attaching the object as the tracer would."""
     from httptrace.checks import CheckResult, object_path, requested_programs, run_checks
     from httptrace.tracer import Tracer
@@ -290,7 +322,7 @@ class Output:
         self.path = None if path in (None, "-") else path
         self.created = False
         if self.path is None:
-            self.stream: IO = sys.stdout.buffer if binary else sys.stdout
+            self.stream: IO[Any] = sys.stdout.buffer if binary else sys.stdout
             return
         flags = os.O_WRONLY | os.O_CLOEXEC
         try:
@@ -345,10 +377,18 @@ def fail(problem: str, fix: str = "") -> int:
     return EXIT_ERROR
 
 
+class ExchangeSource(Protocol):
+    """What a capture needs of a Tracer (the unit tests hand in a fake)."""
+
+    def exchange_batches(self) -> Iterator[list[Exchange]]: ...
+    def stop(self) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
+
 class CaptureRun:
     """One capture: counts what was shown, stops on signals/count/duration, summarises."""
 
-    def __init__(self, tracer, writer, exchange_filter: ExchangeFilter, count: int | None,
+    def __init__(self, tracer: ExchangeSource, writer: ExchangeWriter, exchange_filter: ExchangeFilter, count: int | None,
                  duration: float | None, summary_stream: IO[str]):
         self.tracer = tracer
         self.writer = writer
@@ -364,12 +404,12 @@ class CaptureRun:
         self.stopping = True
         self.tracer.stop()
 
-    def _on_stop_signal(self, signum, frame) -> None:
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stopping:   # a second Ctrl-C: the user does not want to wait for a clean stop
             raise KeyboardInterrupt
         self.stop()
 
-    def _on_summary_signal(self, signum, frame) -> None:
+    def _on_summary_signal(self, signum: int, frame: FrameType | None) -> None:
         try:
             self.print_summary()
         except (RuntimeError, OSError):   # re-entrant write on stderr: skip this one
@@ -390,7 +430,7 @@ class CaptureRun:
         except OSError:   # stderr gone with the terminal (SIGHUP): nothing left to tell
             pass
 
-    def _write(self, batch: list) -> bool:
+    def _write(self, batch: list[Exchange]) -> bool:
         """Write the exchanges the filter keeps, then flush once; True when --count is reached."""
         keep, write, count = self.keep, self.writer.write, self.count
         done = False
@@ -417,7 +457,7 @@ class CaptureRun:
         gc.set_threshold(50_000, 20, 20)
         _keep_freed_memory()
         in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = {}
+        previous: dict[signal.Signals, Any] = {}   # the handlers to put back
         if in_main_thread:
             # SIGHUP too: a dropped ssh session must still leave a complete HAR file.
             for signum, handler in ((signal.SIGINT, self._on_stop_signal),
@@ -478,7 +518,7 @@ def _keep_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, 64 << 20)
 
 
-def _safe_stats(tracer) -> dict:
+def _safe_stats(tracer: ExchangeSource) -> dict[str, int]:
     try:
         return dict(tracer.stats())
     except Exception as exc:  # the summary must not hide the real exit reason

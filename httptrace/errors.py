@@ -25,4 +25,5 @@ class LibbpfError(HttptraceError):
         self.step = step
         self.errno = errno
         self.message = message
+        self.verifier_log: list[str] = []   # a failed load: libbpf's last warnings (the verifier's words)
         super().__init__(f"failed to {step}: {message or 'error'} (errno {errno})")

@@ -52,7 +52,7 @@ class OpenEvent(ctypes.Structure):
     _fields_ = [("hdr", EventHeader), ("family", ctypes.c_uint16), ("local_port", ctypes.c_uint16),
                 ("remote_port", ctypes.c_uint16), ("role_hint", ctypes.c_uint8), ("tls", ctypes.c_uint8),
                 ("local_addr", ctypes.c_uint8 * 16), ("remote_addr", ctypes.c_uint8 * 16),
-                ("comm", ctypes.c_char * COMM_LEN)]
+                ("comm", ctypes.c_char * COMM_LEN), ("cgroup_id", ctypes.c_uint64)]
 
 
 class DataEventHead(ctypes.Structure):
@@ -105,7 +105,7 @@ MIRRORS = {
 
 DATA_OFFSET = ctypes.sizeof(DataEventHead)
 
-_STRUCT_CODES = {ctypes.c_uint8: "B", ctypes.c_uint16: "H", ctypes.c_uint32: "I", ctypes.c_int32: "i",
+_STRUCT_CODES: dict[type, str] = {ctypes.c_uint8: "B", ctypes.c_uint16: "H", ctypes.c_uint32: "I", ctypes.c_int32: "i",
                  ctypes.c_uint64: "Q"}
 
 
@@ -114,9 +114,10 @@ def flat_struct(mirror: type[ctypes.Structure]) -> struct.Struct:
 
     The hot path decodes with this (one C call, no ctypes object per event); it is derived from the
     ctypes mirror, which the contract test checks against the object's BTF."""
-    def codes(cls) -> str:
+    def codes(cls: type[ctypes.Structure]) -> str:
         out = ""
-        for _name, ftype in cls._fields_:
+        for field in cls._fields_:   # (name, type) or, for bit fields, (name, type, bits)
+            ftype = field[1]
             if isinstance(ftype, type) and issubclass(ftype, ctypes.Structure):
                 out += codes(ftype)
             elif isinstance(ftype, type) and issubclass(ftype, ctypes.Array):
@@ -154,6 +155,7 @@ class Open:
     remote: tuple[str, int]
     role_hint: RoleHint
     tls: bool
+    cgroup_id: int = 0           # the process's cgroup v2 id (inode of its directory), 0 if unknown
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,16 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
-from .exchange import Flag, Message, header_value
+from .exchange import (F_GAP, F_INCOMPLETE, F_MID_STREAM, F_NOT_VISIBLE, F_PARSE_ERROR,  # noqa: F401 (re-exported)
+                       F_TRUNCATED, F_UPGRADED, Message, flags_of, header_value)
+
+if TYPE_CHECKING:
+    from .sessions import _Pending
+
+# What readers read: the caller's bytes, or their own buffer of what waited.
+Bytes = Union[bytes, bytearray]
 
 # What a reader expects to see.
 REQUEST = 1
@@ -45,27 +53,8 @@ TRUNCATED = 1     # the kernel did not copy them (per-syscall capture cap)
 NOT_VISIBLE = 2   # sendfile(): they went from a file to the socket without passing user memory
 LOST = 3          # a gap: their events were lost
 
-# Flag bits on a message being read; `flags_of` turns them into exchange.Flag sets.
-F_GAP = 1
-F_TRUNCATED = 2
-F_PARSE_ERROR = 4
-F_NOT_VISIBLE = 8
-F_UPGRADED = 16
-F_INCOMPLETE = 32
-F_MID_STREAM = 64
-_FLAG_OF_BIT = ((F_GAP, Flag.GAP), (F_TRUNCATED, Flag.TRUNCATED), (F_PARSE_ERROR, Flag.PARSE_ERROR),
-                (F_NOT_VISIBLE, Flag.NOT_VISIBLE), (F_UPGRADED, Flag.UPGRADED),
-                (F_INCOMPLETE, Flag.INCOMPLETE), (F_MID_STREAM, Flag.MID_STREAM))
+# Flag bits on a message being read (defined with the Flag set they map to).
 _BIT_OF_CAUSE = {TRUNCATED: F_TRUNCATED, NOT_VISIBLE: F_NOT_VISIBLE, LOST: F_GAP}
-_flag_sets: dict[int, frozenset[Flag]] = {}
-
-
-def flags_of(bits: int) -> frozenset[Flag]:
-    """The Flag set for a bit mask (cached: there are few distinct combinations)."""
-    flags = _flag_sets.get(bits)
-    if flags is None:
-        flags = _flag_sets[bits] = frozenset(flag for bit, flag in _FLAG_OF_BIT if bits & bit)
-    return flags
 
 
 # Reader states.
@@ -139,12 +128,12 @@ class MessageBuilder:
     broken = False                # it ended early because framing was lost (gap, parse error)
     cut_off = False               # it ended early because the connection closed or we stopped watching
     orphan = False                # a response that answers no request we saw
-    entry = None                  # the session's pairing record (sessions._Pending)
+    entry: _Pending | None = None  # the session's pairing record
 
     def __init__(self) -> None:
-        self.parts: list = []
+        self.parts: list[Bytes] = []
 
-    def add_body(self, view, start: int, stop: int) -> None:
+    def add_body(self, view: Bytes, start: int, stop: int) -> None:
         """Body bytes view[start:stop]: all counted, kept up to the capture limit."""
         count = stop - start
         self.size += count
@@ -331,7 +320,7 @@ def request_framing(b: MessageBuilder) -> int:
 
 
 def response_framing(b: MessageBuilder, request_method: str | None) -> int:
-    status = b.status
+    status: int = b.status  # type: ignore[assignment]  # a response's
     if status == 101 or (request_method == "CONNECT" and 200 <= status < 300):
         return SWITCH
     if request_method == "HEAD" or status == 204 or status == 304 or status < 200:
@@ -348,7 +337,7 @@ def switches_protocol(request_method: str | None, status: int | None) -> bool:
     return status == 101 or (request_method == "CONNECT" and status is not None and 200 <= status < 300)
 
 
-def parse_chunk_size(line) -> int:
+def parse_chunk_size(line: Bytes) -> int:
     """The size on a chunk-size line (extensions ignored); -1 when it is not one."""
     semicolon = line.find(b";")
     digits = (line if semicolon < 0 else line[:semicolon]).strip(b" \t\r")
@@ -359,26 +348,35 @@ def parse_chunk_size(line) -> int:
 
 # -- the reader -----------------------------------------------------------------------------------
 
+class Sink(Protocol):
+    """What a MessageReader reports to (see the module docstring)."""
+
+    def kind_decided(self, reader: MessageReader) -> None: ...
+    def message_started(self, reader: MessageReader, builder: MessageBuilder) -> str | None: ...
+    def message_finished(self, reader: MessageReader, builder: MessageBuilder) -> int | None: ...
+    def message_lost(self, reader: MessageReader, bits: int) -> None: ...
+
+
 class NullSink:
     """A sink that records nothing: handy for benchmarks and for using a reader on its own."""
 
-    def kind_decided(self, reader):
+    def kind_decided(self, reader: MessageReader) -> None:
         return None
 
-    def message_started(self, reader, builder):
+    def message_started(self, reader: MessageReader, builder: MessageBuilder) -> str | None:
         return None
 
-    def message_finished(self, reader, builder):
+    def message_finished(self, reader: MessageReader, builder: MessageBuilder) -> int | None:
         return None
 
-    def message_lost(self, reader, bits):
+    def message_lost(self, reader: MessageReader, bits: int) -> None:
         return None
 
 
 class MessageReader:
     """Incremental HTTP/1.x framing of the messages one side sends.  Never raises on bad input."""
 
-    def __init__(self, kind: int, sink, *, max_body: int = 1 << 20, max_header: int = DEFAULT_MAX_HEADER,
+    def __init__(self, kind: int, sink: Sink, *, max_body: int = 1 << 20, max_header: int = DEFAULT_MAX_HEADER,
                  mid_stream: bool = False, stats: dict[str, int] | None = None):
         self.kind = kind
         self.sink = sink
@@ -388,7 +386,7 @@ class MessageReader:
         for key in ("parse_errors", "skipped_bytes", "framing_lost", "interim_responses", "opaque_bytes"):
             self.stats.setdefault(key, 0)
         self.buffer = bytearray()      # bytes received but not consumed yet
-        self.deferred: list[tuple] = []  # calls received while PAUSED, replayed by resume()
+        self.deferred: list[tuple[Any, ...]] = []  # calls received while PAUSED, replayed by resume()
         self.deferred_bytes = 0
         self.message: MessageBuilder | None = None
         self.state = SYNC if mid_stream else HEAD
@@ -404,13 +402,15 @@ class MessageReader:
         self._first_line_ok = False   # HEAD: start line already validated while waiting for the rest
         self._line_start = True       # SYNC: the next byte begins a line
         self._next_flags = 0          # flags for the next message (bytes were skipped before it)
+        # OPAQUE: a reader to pass the bytes to instead of dropping them (h2c: the HTTP/2 reader).
+        self.divert = None
 
     def __repr__(self) -> str:
         return f"<MessageReader kind={self.kind} state={STATE_NAMES[self.state]} buffered={len(self.buffer)}>"
 
     # -- input -------------------------------------------------------------------------------------
 
-    def receive_data(self, data, ts_ns: int) -> None:
+    def receive_data(self, data: Bytes, ts_ns: int) -> None:
         """Bytes that follow, in the stream, whatever was received before."""
         if not data:
             return
@@ -418,14 +418,16 @@ class MessageReader:
         self._ts = ts_ns
         if state == BODY and not self.buffer and len(data) < self._remaining:
             # The bulk of a large body: straight into the message, no buffering, no loop.
-            self.message.add_body(data, 0, len(data))
-            self.message.last_ts = ts_ns
+            self.message.add_body(data, 0, len(data))  # type: ignore[union-attr]  # set in this state
+            self.message.last_ts = ts_ns  # type: ignore[union-attr]
             self._remaining -= len(data)
             return
         if state >= OPAQUE:
             if state == PAUSED:
                 self.deferred.append((self.receive_data, data, ts_ns))
                 self.deferred_bytes += len(data)
+            elif state == OPAQUE and self.divert is not None:
+                self.divert.receive_data(data, ts_ns)
             else:
                 self.stats["opaque_bytes"] += len(data)
             return
@@ -441,6 +443,7 @@ class MessageReader:
                 self.buffer = bytearray()
             self._line_start = True
         buffer = self.buffer
+        view: Bytes
         if buffer:
             self._old_len = len(buffer)
             buffer += data
@@ -467,9 +470,11 @@ class MessageReader:
         if state >= OPAQUE:
             if state == PAUSED:
                 self.deferred.append((self.receive_missing, count, ts_ns, cause))
+            elif state == OPAQUE and self.divert is not None:
+                self.divert.receive_missing(count, ts_ns, cause)
             return
         bit = _BIT_OF_CAUSE[cause]
-        b = self.message
+        b: MessageBuilder = self.message  # type: ignore[assignment]  # set in the states that use it
         if state == BODY or state == CHUNK_DATA:
             take = count if count < self._remaining else self._remaining
             b.add_missing(take, bit)
@@ -517,15 +522,23 @@ class MessageReader:
             call(*args)     # each call re-defers itself if the reader paused again
 
     def go_opaque(self) -> None:
-        """The connection switched protocols: nothing more to parse in this direction."""
+        """The connection switched protocols: nothing more to parse in this direction (what is
+        held goes to `divert`, if set)."""
         if self.message is not None:
             b = self.message
             b.cut_off = True
             self._finish(next_state=OPAQUE)
-        self.stats["opaque_bytes"] += len(self.buffer) + self.deferred_bytes
+        held, waiting, waiting_bytes = self.buffer, self.deferred, self.deferred_bytes
         self.buffer = bytearray()
         self.deferred, self.deferred_bytes = [], 0
         self.state = OPAQUE
+        if self.divert is None:
+            self.stats["opaque_bytes"] += len(held) + waiting_bytes
+            return
+        if held:
+            self.divert.receive_data(bytes(held), self._buffer_ts)
+        for call, *args in waiting:
+            call(*args)         # OPAQUE now: each goes to `divert`
 
     def discard_buffer(self) -> int:
         """Memory pressure: drop unparsed bytes and resync after them; returns the bytes dropped."""
@@ -564,7 +577,7 @@ class MessageReader:
 
     # -- the state machine -------------------------------------------------------------------------
 
-    def _run(self, view) -> int:
+    def _run(self, view: Bytes) -> int:
         """Consume as much of `view` as the current state allows; returns the index consumed up to."""
         i = 0
         n = len(view)
@@ -576,7 +589,7 @@ class MessageReader:
             i = j
         return i
 
-    def _on_sync(self, view, i: int) -> int:
+    def _on_sync(self, view: Bytes, i: int) -> int:
         kind = self.kind
         n = len(view)
         found = -1
@@ -611,7 +624,7 @@ class MessageReader:
         # The malformed input that sent us here flagged the next message already.
         self.stats["skipped_bytes"] += count
 
-    def _on_head(self, view, i: int) -> int:
+    def _on_head(self, view: Bytes, i: int) -> int:
         c = view[i]
         if c == 13 or c == 10:             # empty lines between messages are tolerated
             n = len(view)
@@ -656,7 +669,7 @@ class MessageReader:
             self.sink.message_started(self, b)
             self._frame_body(b, framing)
             return after
-        if b.status < 200 and b.status != 101:   # interim (100 Continue, 103...): not the answer yet
+        if b.status < 200 and b.status != 101:  # type: ignore[operator]  # a response's; interim (100 Continue, 103...): not the answer yet
             self.stats["interim_responses"] += 1
             self._next_flags = b.flags
             return after
@@ -677,7 +690,7 @@ class MessageReader:
     def _frame_body(self, b: MessageBuilder, framing: int) -> None:
         if framing == LENGTH:
             self.state = BODY
-            self._remaining = b.content_length
+            self._remaining = b.content_length  # type: ignore[assignment]  # LENGTH: it has one
         elif framing == CHUNKED:
             self.state = CHUNK_SIZE
         elif framing == UNTIL_EOF:
@@ -685,7 +698,7 @@ class MessageReader:
         else:
             self._finish()
 
-    def _head_incomplete(self, view, i: int, searched_from: int) -> int:
+    def _head_incomplete(self, view: Bytes, i: int, searched_from: int) -> int:
         n = len(view)
         if not self._first_line_ok:
             # Check the start line as soon as it is whole: garbage should not wait for 64 KiB.
@@ -703,7 +716,7 @@ class MessageReader:
         self._scan = n - i
         return ~i
 
-    def _starts_well(self, view, i: int) -> bool:
+    def _starts_well(self, view: Bytes, i: int) -> bool:
         """Whether view[i:] begins with a whole, valid start line."""
         if self._first_line_ok:
             return True
@@ -716,7 +729,7 @@ class MessageReader:
             self.kind = REQUEST if is_request else RESPONSE
             self.sink.kind_decided(self)
 
-    def _fail_head(self, view, i: int, error: MalformedHead) -> int:
+    def _fail_head(self, view: Bytes, i: int, error: MalformedHead) -> int:
         """A head we cannot read: it is dropped, and we resync from the line after its first."""
         self._scan = 0
         self._first_line_ok = False
@@ -738,25 +751,25 @@ class MessageReader:
         self.state = SYNC
         return resume
 
-    def _take_counted(self, view, i: int) -> tuple[int, bool]:
+    def _take_counted(self, view: Bytes, i: int) -> tuple[int, bool]:
         """Body bytes of a known count (Content-Length or one chunk): take what is here; True once all are."""
         stop = i + self._remaining
         n = len(view)
-        self.message.last_ts = self._ts
+        self.message.last_ts = self._ts  # type: ignore[union-attr]  # set in this state
         if stop <= n:
-            self.message.add_body(view, i, stop)
+            self.message.add_body(view, i, stop)  # type: ignore[union-attr]
             return stop, True
-        self.message.add_body(view, i, n)
+        self.message.add_body(view, i, n)  # type: ignore[union-attr]
         self._remaining = stop - n
         return n, False
 
-    def _on_body(self, view, i: int) -> int:
+    def _on_body(self, view: Bytes, i: int) -> int:
         end, complete = self._take_counted(view, i)
         if complete:
             self._finish()
         return end
 
-    def _on_chunk_size(self, view, i: int) -> int:
+    def _on_chunk_size(self, view: Bytes, i: int) -> int:
         newline = view.find(b"\n", i)
         if newline < 0:
             if len(view) - i > self.max_header:
@@ -765,7 +778,7 @@ class MessageReader:
         size = parse_chunk_size(view[i:newline])
         if size < 0:
             return self._fail_body(view, i, "bad chunk-size line")
-        self.message.last_ts = self._ts
+        self.message.last_ts = self._ts  # type: ignore[union-attr]  # set in this state
         if size == 0:
             self.state = TRAILERS
             self._scan = 0
@@ -774,13 +787,13 @@ class MessageReader:
             self._remaining = size
         return newline + 1
 
-    def _on_chunk_data(self, view, i: int) -> int:
+    def _on_chunk_data(self, view: Bytes, i: int) -> int:
         end, complete = self._take_counted(view, i)
         if complete:
             self.state = CHUNK_END
         return end
 
-    def _on_chunk_end(self, view, i: int) -> int:
+    def _on_chunk_end(self, view: Bytes, i: int) -> int:
         c = view[i]
         if c == 10:
             self.state = CHUNK_SIZE
@@ -793,8 +806,8 @@ class MessageReader:
                 return i + 2
         return self._fail_body(view, i, "chunk data not followed by CRLF")
 
-    def _on_trailers(self, view, i: int) -> int:
-        b = self.message
+    def _on_trailers(self, view: Bytes, i: int) -> int:
+        b: MessageBuilder = self.message  # type: ignore[assignment]  # set in this state
         c = view[i]
         if c == 10 or c == 13:              # no trailer fields: just the final empty line
             if c == 13:
@@ -829,20 +842,23 @@ class MessageReader:
         self._finish()
         return after
 
-    def _on_until_close(self, view, i: int) -> int:
-        b = self.message
+    def _on_until_close(self, view: Bytes, i: int) -> int:
+        b: MessageBuilder = self.message  # type: ignore[assignment]  # set in this state
         b.add_body(view, i, len(view))
         b.last_ts = self._ts
         return len(view)
 
-    def _on_opaque(self, view, i: int) -> int:
-        self.stats["opaque_bytes"] += len(view) - i
+    def _on_opaque(self, view: Bytes, i: int) -> int:
+        if self.divert is not None and self.state == OPAQUE:
+            self.divert.receive_data(bytes(view[i:]), self._ts)
+        else:
+            self.stats["opaque_bytes"] += len(view) - i
         return len(view)
 
-    def _on_paused(self, view, i: int) -> int:
+    def _on_paused(self, view: Bytes, i: int) -> int:
         return ~i   # the rest waits in `buffer` until resume()
 
-    def _fail_body(self, view, i: int, reason: str) -> int:
+    def _fail_body(self, view: Bytes, i: int, reason: str) -> int:
         """Malformed framing inside a body: the message ends here, flagged; resync from this line."""
         self.stats["parse_errors"] += 1
         self._break_message(F_PARSE_ERROR)
@@ -853,7 +869,7 @@ class MessageReader:
     # -- endings -----------------------------------------------------------------------------------
 
     def _finish(self, next_state: int = HEAD) -> None:
-        b = self.message
+        b: MessageBuilder = self.message  # type: ignore[assignment]  # called with a message under way
         self.message = None
         b.done = True
         self.state = next_state

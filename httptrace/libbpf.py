@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import errno as errno_names
 import os
-from typing import Iterator
-
-import structlog
+from typing import Any, Iterator
 
 from ._libbpf import ffi, lib
+from ._log import get_logger
 from .errors import LibbpfError
 
-log = structlog.get_logger("httptrace.libbpf")
+log = get_logger("httptrace.libbpf")
 
 BPF_MAP_TYPE_RINGBUF = 27
 
@@ -25,8 +24,8 @@ _LEVELS = {0: "warning", 1: "info", 2: "debug"}
 _log_lines: list[str] = []  # warnings of the current load, quoted in the error if it fails
 
 
-@ffi.def_extern()
-def httptrace_on_log(level, line):
+@ffi.def_extern()  # type: ignore[untyped-decorator]  # cffi has no types
+def httptrace_on_log(level: int, line: Any) -> None:
     text = ffi.string(line).decode(errors="replace").rstrip()
     if not text:
         return
@@ -62,7 +61,7 @@ def _check(step: str, rc: int) -> int:
 class Map:
     """A map of a loaded object, addressed by fd; keys and values are bytes (or ctypes objects)."""
 
-    def __init__(self, handle, name: str):
+    def __init__(self, handle: Any, name: str):
         self._handle = handle
         self.name = name
 
@@ -81,7 +80,7 @@ class Map:
         size = ffi.new("size_t *")
         if lib.bpf_map__initial_value(self._handle, size) == ffi.NULL:
             raise _error(f"read initial value of map {self.name}", 0)
-        return size[0]
+        return int(size[0])
 
     def lookup(self, key: bytes, value_size: int) -> bytes | None:
         value = ffi.new("char[]", value_size)
@@ -89,7 +88,7 @@ class Map:
             if ffi.errno == errno_names.ENOENT:
                 return None
             raise _error(f"look up in map {self.name}", 0)
-        return ffi.buffer(value, value_size)[:]
+        return bytes(ffi.buffer(value, value_size)[:])
 
     def update(self, key: bytes, value: bytes) -> None:
         _check(f"update map {self.name}", lib.bpf_map_update_elem(self.fd, key, value, 0))
@@ -114,7 +113,7 @@ class Map:
 # ---- programs and links -------------------------------------------------------------------------
 
 class Link:
-    def __init__(self, handle, program: str):
+    def __init__(self, handle: Any, program: str):
         self._handle = handle
         self.program = program
 
@@ -125,7 +124,7 @@ class Link:
 
 
 class Program:
-    def __init__(self, handle):
+    def __init__(self, handle: Any):
         self._handle = handle
         self.name = ffi.string(lib.bpf_program__name(handle)).decode()
         self.section = ffi.string(lib.bpf_program__section_name(handle)).decode()
@@ -200,7 +199,8 @@ class BpfObject:
         return self.map(f"{stem}.rodata")
 
     def programs(self) -> list[Program]:
-        programs, prog = [], ffi.NULL
+        programs: list[Program] = []
+        prog = ffi.NULL
         while True:
             prog = lib.bpf_object__next_program(self._handle, prog)
             if prog == ffi.NULL:
@@ -241,7 +241,7 @@ class BpfObject:
     def __enter__(self) -> "BpfObject":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -274,9 +274,9 @@ class RingBuffer:
     @property
     def oversized(self) -> int:
         """Samples lost because they were larger than `max_sample` (a contract mismatch)."""
-        return self._batch.oversized
+        return int(self._batch.oversized)
 
-    def _take(self, rc: int, step: str) -> tuple[object, int]:
+    def _take(self, rc: int, step: str) -> tuple[Any, int]:
         batch = self._batch
         self.full = rc == -errno_names.EAGAIN
         if rc < 0 and not self.full and rc != -errno_names.EINTR:   # a signal is a clean wake-up
@@ -285,11 +285,11 @@ class RingBuffer:
         batch.used = batch.count = 0
         return records
 
-    def poll(self, timeout_ms: int) -> tuple[object, int]:
+    def poll(self, timeout_ms: int) -> tuple[Any, int]:
         """Wait up to timeout_ms for data, then take a batch of what is there: (buffer, samples)."""
         return self._take(lib.ring_buffer__poll(self._handle, timeout_ms), "poll ring buffer")
 
-    def consume(self) -> tuple[object, int]:
+    def consume(self) -> tuple[Any, int]:
         """Take a batch of what is there now, without waiting."""
         return self._take(lib.ring_buffer__consume(self._handle), "consume ring buffer")
 
@@ -301,7 +301,7 @@ class RingBuffer:
     def __enter__(self) -> "RingBuffer":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -310,7 +310,7 @@ def num_possible_cpus() -> int:
 
 
 def ring_buffer_supported() -> bool:
-    return lib.libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, ffi.NULL) == 1
+    return bool(lib.libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, ffi.NULL) == 1)
 
 
 BPF_PROG_TYPE_TRACEPOINT = 5
@@ -319,4 +319,4 @@ BPF_PROG_TYPE_TRACEPOINT = 5
 def helper_supported(helper_id: int) -> bool:
     """Whether tracepoint programs may call this helper (enum bpf_func_id). Probed as a tracepoint
     program: libbpf cannot probe helpers of tracing (fentry, tp_btf) programs."""
-    return lib.libbpf_probe_bpf_helper(BPF_PROG_TYPE_TRACEPOINT, helper_id, ffi.NULL) == 1
+    return bool(lib.libbpf_probe_bpf_helper(BPF_PROG_TYPE_TRACEPOINT, helper_id, ffi.NULL) == 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Callable
 
 REDACTED = "[REDACTED]"
 
@@ -62,6 +63,7 @@ _MASKERS = {
 
 
 _UNSEEN = object()
+_Masker = Callable[[str], str]
 
 
 class Redactor:
@@ -74,9 +76,9 @@ class Redactor:
         self.enabled = enabled
         self.names = frozenset(n.strip().lower() for n in (*defaults, *extra_names) if n.strip())
         # header name exactly as seen on the wire -> masking function, or None when not sensitive
-        self._masker_by_spelling: dict[str, object] = {}
+        self._masker_by_spelling: dict[str, _Masker | None] = {}
 
-    def _masker(self, name: str):
+    def _masker(self, name: str) -> _Masker | None:
         try:
             return self._masker_by_spelling[name]
         except KeyError:

@@ -15,6 +15,8 @@ gone by is the hole declared a gap.
 """
 from __future__ import annotations
 
+from typing import final
+
 
 class Segment:
     """Contiguous stream content: `payload` at `pos`, then `not_copied` bytes the kernel did not copy."""
@@ -37,6 +39,7 @@ class Segment:
                 f"not_copied={self.not_copied}, not_visible={self.not_visible})")
 
 
+@final   # so that `type(piece) is Gap` tells a type checker the other pieces are Segments
 class Gap:
     """`size` bytes at `pos` were sent but their events were lost; `ts_ns` is when we gave up on them."""
 
@@ -130,9 +133,9 @@ class DirectionStream:
     def _oldest_held_ts(self) -> int:
         return min(segment.ts_ns for segment in self.held.values())
 
-    def _pass_on(self, segment: Segment, out: list) -> None:
+    def _pass_on(self, segment: Segment, out: list[Segment | Gap]) -> None:
         """Append `segment` minus whatever part of it is already behind `expected`."""
-        skip = self.expected - segment.pos
+        skip = self.expected - segment.pos  # type: ignore[operator]  # push() set `expected`
         if skip > 0:
             length = len(segment.payload)
             if skip >= length + segment.not_copied:
@@ -143,27 +146,27 @@ class DirectionStream:
             else:
                 segment.not_copied -= skip - length
                 segment.payload = b""
-            segment.pos = self.expected
+            segment.pos = self.expected  # type: ignore[assignment]
         self.expected = segment.end
         out.append(segment)
 
-    def _drain_contiguous(self, out: list) -> None:
+    def _drain_contiguous(self, out: list[Segment | Gap]) -> None:
         held = self.held
         while held:
             pos = min(held)
-            if pos > self.expected:
+            if pos > self.expected:  # type: ignore[operator]
                 return
             segment = held.pop(pos)
             self.held_bytes -= len(segment.payload)
             self._pass_on(segment, out)
 
-    def _release_into(self, out: list) -> None:
+    def _release_into(self, out: list[Segment | Gap]) -> None:
         held = self.held
         while held:
             pos = min(held)
             segment = held.pop(pos)
             self.held_bytes -= len(segment.payload)
-            if pos > self.expected:
-                out.append(Gap(self.expected, pos - self.expected, segment.ts_ns))
+            if pos > self.expected:  # type: ignore[operator]
+                out.append(Gap(self.expected, pos - self.expected, segment.ts_ns))  # type: ignore[arg-type, operator]
                 self.expected = pos
             self._pass_on(segment, out)

@@ -16,11 +16,10 @@ import subprocess
 import threading
 import time
 
-import structlog
-
+from ._log import get_logger
 from .libbpf import BpfObject, Link
 
-log = structlog.get_logger("httptrace.tls")
+log = get_logger("httptrace.tls")
 
 LIBSSL_NAME = re.compile(r"/libssl\.so\.(3|1\.1)$")
 # (function, entry program); every function also gets the family's return probe (TlsProbes.exit_program).

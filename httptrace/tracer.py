@@ -6,24 +6,31 @@
             print(exchange.request.method, exchange.request.target, exchange.response.status)
 
 Only this module and libbpf.py need privileges; everything after the ring buffer is pure Python.
+docs/api.md has the whole API with examples (asyncio included).
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import struct
+import threading
 import time
-from typing import Iterable, Iterator
-
-import structlog
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator, Union
 
 from . import checks, events
+from ._log import get_logger
 from .events import DataFlags, Direction, EventType, RoleHint
 from .exchange import Connection, Endpoint, Exchange, Role
 from .errors import LibbpfError
 from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 
-log = structlog.get_logger("httptrace.tracer")
+if TYPE_CHECKING:
+    import asyncio
+
+    from .sessions import Reassembler
+    from .tls import TlsProbes
+
+log = get_logger("httptrace.tracer")
 
 DEFAULT_RING_BUFFER_SIZE = 32 << 20
 DEFAULT_MAX_BODY = 16 << 20
@@ -37,6 +44,11 @@ SWEEP_EVERY_S = 2.0        # forget connections of processes that exited without
 TLS_START_BUDGET_S = 1.0   # examining running Go programs at start (one with DWARF: ~0.1 s)
 TLS_RESCAN_EVERY_S = 6.0   # look for TLS libraries of new processes (a thread of tls.TlsProbes): reads
                            # every /proc/PID/maps, so not too often (at 2 s: ~3% of the agent's CPU)
+ASYNC_BATCHES = 4          # aexchanges(): batches handed to the event loop and not yet taken; past this
+                           # the reader waits and the ring buffer absorbs (then drops, counted), as the
+                           # CLI does when its output is slow
+
+Event = Union[events.Open, events.Data, events.Close]
 
 _ROLE_OF_HINT = {RoleHint.UNKNOWN: Role.UNKNOWN, RoleHint.SERVER: Role.SERVER, RoleHint.CLIENT: Role.CLIENT}
 _U64 = struct.Struct("<Q")
@@ -53,13 +65,28 @@ def _monotonic_to_wall_offset() -> int:
 
 
 class Tracer:
-    """Attaches httptrace's eBPF programs for its lifetime. Use as a context manager."""
+    """Attaches httptrace's eBPF programs for its lifetime. Use as a context manager.
+
+    One iteration at a time: events(), exchanges(), exchange_batches() or aexchanges() drain the one
+    ring buffer. stop() ends the iteration under way (and any later one) from anywhere."""
+
+    _sink_open: Callable[[events.OpenEvent], None]
+    _sink_data: Callable[[tuple[int, int, int], int, int, int, bytes, int, int], None]
+    _sink_close: Callable[[events.CloseEvent], None]
 
     def __init__(self, *, pids: Iterable[int] | None = None, ports: Iterable[int] | None = None,
                  comm: str | None = None, max_body: int = DEFAULT_MAX_BODY,
                  ring_buffer_size: int | None = None, tls: bool = True, programs: str | None = None):
-        """programs: the family of kernel programs, 'auto' (default: 'fast' where the kernel has its
-        helpers, else 'compat'), 'fast' or 'compat'; HTTPTRACE_PROGRAMS sets the default."""
+        """Nothing is attached until start() (or `with`). The filters apply in the kernel:
+
+        pids: only these processes; ports: only connections with one of these local or remote ports;
+        comm: only processes of this command name (15 characters at most); each unset: all.
+        max_body: bytes kept of each body (longer ones are flagged truncated).
+        ring_buffer_size: bytes, rounded up to a power of two (default 32 MiB).
+        tls: also capture plaintext inside OpenSSL.
+        programs: the family of kernel programs, 'auto' (default: 'fast' where the kernel has its
+        helpers, else 'compat'), 'fast' or 'compat'; HTTPTRACE_PROGRAMS sets the default. Once
+        started, `programs` and `programs_reason` say which family was loaded and why."""
         self.requested_programs = checks.requested_programs(programs)
         self.programs = ""        # the family loaded, once started
         self.programs_reason = ""
@@ -69,13 +96,14 @@ class Tracer:
         self.max_body = max_body
         self.ring_buffer_size = _ring_size(ring_buffer_size or DEFAULT_RING_BUFFER_SIZE)
         self.tls = tls
-        self._tls = None  # tls.TlsProbes while attached
+        self._tls: TlsProbes | None = None  # while attached
         self._object: BpfObject | None = None
         self._ring: RingBuffer | None = None
         self._stopping = False
         self._offset_ns = 0
-        self._pending: list = []  # decoded events, when iterating events()
-        self._reassembler = None  # a sessions.Reassembler while exchanges() runs
+        self._pending: list[Event] = []  # decoded events, when iterating events()
+        self._reassembler: Reassembler | None = None  # while exchanges() runs
+        self._reader: tuple[threading.Thread, threading.Event] | None = None  # aexchanges()'s, and its cancel
         self._counts = {"events": 0, "bytes": 0, "connections": 0}  # connections: HTTP ones seen
         self._dead_keys: list[bytes] = []  # conns keys of exited processes, closed at the next sweep
         self._caught_up = False            # the reader emptied the ring since those keys were found
@@ -92,10 +120,11 @@ class Tracer:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def start(self) -> None:
+        """Check the host, load and attach the programs (raises EnvironmentProblem or LibbpfError)."""
         self._stopping = False  # here, not in the iterators: a stop() right after start() must count
         checks.require_environment()
         started = time.monotonic()
@@ -103,11 +132,12 @@ class Tracer:
         try:
             self._object = obj = self._load(family)
         except LibbpfError as exc:
-            if family != "fast" or self.requested_programs != "auto":
-                raise
             # The probes said yes but the verifier said no (a backport, an odd config): compat still may.
+            # Any other failure (no object file, say) would fail the same way with compat.
+            if family != "fast" or self.requested_programs != "auto" or not exc.verifier_log:
+                raise
             log.warning("fast programs rejected, loading the compat ones", error=str(exc),
-                        verifier=" | ".join(getattr(exc, "verifier_log", [])[-3:]))
+                        verifier=" | ".join(exc.verifier_log[-3:]))
             family, why = "compat", "the kernel rejected the fast programs"
             self._object = obj = self._load(family)
         self.programs, self.programs_reason = family, why
@@ -121,11 +151,11 @@ class Tracer:
         if self.tls:
             from .tls import TlsProbes
 
-            self._tls = TlsProbes(obj, exit_program="compat_ssl_exit" if family == "compat" else "ssl_exit")
+            self._tls = probes = TlsProbes(obj, exit_program="compat_ssl_exit" if family == "compat" else "ssl_exit")
             # Go programs already running too; static OpenSSL programs are left to the re-scans, as
             # reading their symbol tables would hold up the start.
-            self._tls.refresh(budget_s=TLS_START_BUDGET_S, static_openssl=False)
-            self._tls.rescan_every(TLS_RESCAN_EVERY_S)   # libraries and programs of processes started since
+            probes.refresh(budget_s=TLS_START_BUDGET_S, static_openssl=False)
+            probes.rescan_every(TLS_RESCAN_EVERY_S)   # libraries and programs of processes started since
         log.info("attached", programs=f"{family} ({why})", links=len(obj.links),
                  seconds=round(time.monotonic() - started, 3),
                  pids=self.pids or "all", ports=self.ports or "all", comm=self.comm or "all")
@@ -149,6 +179,15 @@ class Tracer:
         return obj
 
     def close(self) -> None:
+        """Detach everything (idempotent). An aexchanges() reader still running is ended first: it
+        must not poll a freed ring buffer."""
+        reader = self._reader
+        if reader is not None:
+            thread, cancel = reader
+            cancel.set()
+            if thread is not threading.current_thread():
+                thread.join()
+            self._reader = None
         if self._tls is not None:
             self._tls.close()
         if self._ring is not None:
@@ -159,11 +198,14 @@ class Tracer:
             self._object = None
 
     def stop(self) -> None:
-        """Ask events()/exchanges() to return; safe from a signal handler or another thread."""
+        """End the iteration under way, and any later one, once the ring buffer is drained (pending
+        exchanges come last, flagged incomplete). Safe from a signal handler, another thread or a
+        coroutine; start() clears it."""
         self._stopping = True
 
     @property
     def tls_libraries(self) -> list[str]:
+        """The OpenSSL libraries and programs probed so far."""
         return list(self._tls.libraries) if self._tls else []
 
     @property
@@ -173,6 +215,7 @@ class Tracer:
 
     @property
     def attached_programs(self) -> list[str]:
+        """Names of the kernel programs attached (one per link)."""
         return [link.program for link in self._object.links] if self._object else []
 
     def _config(self) -> events.Config:
@@ -189,7 +232,7 @@ class Tracer:
 
     # ---- the ring buffer ------------------------------------------------------------------------
 
-    def _decode(self, batch: tuple[object, int]) -> None:
+    def _decode(self, batch: tuple[Any, int]) -> None:
         """Decode a batch from the ring buffer and hand each event to the current sink.
 
         The batch buffer holds records of (u32 size, 4 bytes of padding, the event, padding to 8)."""
@@ -220,78 +263,145 @@ class Tracer:
         counts["events"] += count
         counts["bytes"] += data_bytes
 
-    def _key(self, conn) -> tuple[int, int, int]:
+    def _key(self, conn: events.ConnId) -> tuple[int, int, int]:
         return (conn.tgid, conn.fd, conn.tsid)
 
-    def _decode_open(self, ev) -> events.Open:
+    def _decode_open(self, ev: events.OpenEvent) -> events.Open:
         return events.Open(
             conn=self._key(ev.hdr.conn), ts_ns=ev.hdr.ts_ns + self._offset_ns,
             comm=ev.comm.decode(errors="replace"),
             local=(events.address(ev.family, bytes(ev.local_addr)), ev.local_port),
             remote=(events.address(ev.family, bytes(ev.remote_addr)), ev.remote_port),
-            role_hint=RoleHint(ev.role_hint), tls=bool(ev.tls))
+            role_hint=RoleHint(ev.role_hint), tls=bool(ev.tls), cgroup_id=ev.cgroup_id)
 
     # Sinks for events(): decoded event objects queued for the iterator.
-    def _queue_open(self, ev) -> None:
+    def _queue_open(self, ev: events.OpenEvent) -> None:
         self._pending.append(self._decode_open(ev))
 
-    def _queue_data(self, conn, ts_ns, direction, pos, payload, not_copied, flags) -> None:
+    def _queue_data(self, conn: tuple[int, int, int], ts_ns: int, direction: int, pos: int, payload: bytes,
+                    not_copied: int, flags: int) -> None:
         self._pending.append(events.Data(conn=conn, ts_ns=ts_ns, direction=Direction(direction), pos=pos,
                                          payload=payload, not_copied=not_copied, flags=DataFlags(flags)))
 
-    def _queue_close(self, ev) -> None:
+    def _queue_close(self, ev: events.CloseEvent) -> None:
         self._pending.append(events.Close(conn=self._key(ev.hdr.conn), ts_ns=ev.hdr.ts_ns + self._offset_ns,
                                           bytes_sent=ev.bytes[0], bytes_received=ev.bytes[1]))
 
     # Sinks for exchanges(): straight into the reassembler, no event objects in between.
-    def _reassemble_open(self, ev) -> None:
+    # While these run, _reassembler is set (exchange_batches() sets it before it installs them).
+    def _reassemble_open(self, ev: events.OpenEvent) -> None:
         opened = self._decode_open(ev)
-        self._reassembler.open(opened.conn, Connection(
+        self._reassembler.open(opened.conn, Connection(  # type: ignore[union-attr]
             pid=opened.conn[0], fd=opened.conn[1], tsid=opened.conn[2], comm=opened.comm,
             local=Endpoint(*opened.local), remote=Endpoint(*opened.remote),
-            role=_ROLE_OF_HINT[opened.role_hint], tls=opened.tls))
+            role=_ROLE_OF_HINT[opened.role_hint], tls=opened.tls, cgroup_id=opened.cgroup_id))
 
-    def _reassemble_data(self, conn, ts_ns, direction, pos, payload, not_copied, flags) -> None:
-        self._reassembler.data(conn, direction, pos, payload, not_copied, ts_ns,
+    def _reassemble_data(self, conn: tuple[int, int, int], ts_ns: int, direction: int, pos: int,
+                         payload: bytes, not_copied: int, flags: int) -> None:
+        self._reassembler.data(conn, direction, pos, payload, not_copied, ts_ns,  # type: ignore[union-attr]
                                not_visible=bool(flags & _NOT_VISIBLE))
 
-    def _reassemble_close(self, ev) -> None:
-        self._reassembler.close(self._key(ev.hdr.conn), ev.hdr.ts_ns + self._offset_ns)
+    def _reassemble_close(self, ev: events.CloseEvent) -> None:
+        self._reassembler.close(self._key(ev.hdr.conn), ev.hdr.ts_ns + self._offset_ns)  # type: ignore[union-attr]
 
     # ---- iteration ------------------------------------------------------------------------------
 
-    def events(self) -> Iterator[events.Open | events.Data | events.Close]:
-        """Raw connection and payload events, in ring-buffer order, until stop()."""
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Raw connection and payload events, in ring-buffer order, until stop() (or for `timeout`
+        seconds, after which the tracer stays attached for another iteration)."""
         self._sink_open, self._sink_data, self._sink_close = self._queue_open, self._queue_data, self._queue_close
-        for _ in self._pump():
+        for _ in self._pump(timeout):
             pending, self._pending = self._pending, []
             yield from pending
 
-    def exchanges(self) -> Iterator[Exchange]:
-        """Complete HTTP exchanges as they finish, until stop(); then whatever is pending, as incomplete."""
-        for batch in self.exchange_batches():
+    def exchanges(self, timeout: float | None = None) -> Iterator[Exchange]:
+        """Complete HTTP exchanges as they finish, until stop() or for `timeout` seconds; then whatever
+        is pending, flagged incomplete. The tracer stays attached: iterate again to go on."""
+        for batch in self.exchange_batches(timeout):
             yield from batch
 
-    def exchange_batches(self) -> Iterator[list[Exchange]]:
+    def exchange_batches(self, timeout: float | None = None) -> Iterator[list[Exchange]]:
         """exchanges(), one list per wake-up (possibly empty): a writer can flush once per list."""
         from .sessions import Reassembler
 
-        self._reassembler = Reassembler(max_body=self.max_body)
+        self._reassembler = reassembler = Reassembler(max_body=self.max_body)
         self._sink_open, self._sink_data = self._reassemble_open, self._reassemble_data
         self._sink_close = self._reassemble_close
-        for now_ns in self._pump():
-            self._reassembler.expire(now_ns)
-            yield self._reassembler.drain()
-        self._reassembler.flush(time.time_ns())
-        yield self._reassembler.drain()
+        for now_ns in self._pump(timeout):
+            reassembler.expire(now_ns)
+            yield reassembler.drain()
+        reassembler.flush(time.time_ns())
+        yield reassembler.drain()
 
-    def _pump(self) -> Iterator[int]:
-        """Poll the ring buffer until stop(); yields the wall time after each wake-up."""
+    async def aexchanges(self, timeout: float | None = None) -> AsyncIterator[Exchange]:
+        """exchanges() for asyncio: `async for exchange in tracer.aexchanges():`.
+
+        A thread reads the ring buffer and hands batches of exchanges to the running loop, at most
+        ASYNC_BATCHES ahead of the consumer; past that it waits, as the CLI waits for its output.
+        Ends like exchanges(): stop() (e.g. from loop.add_signal_handler) or `timeout` seconds."""
+        import asyncio
+
         if self._ring is None:
             raise RuntimeError("Tracer is not started: use it as a context manager")
+        if self._reader is not None and self._reader[0].is_alive():
+            raise RuntimeError("aexchanges() is already running on this tracer")
+        loop = asyncio.get_running_loop()
+        handed: asyncio.Queue[list[Exchange] | BaseException | None] = asyncio.Queue()
+        slots = threading.Semaphore(ASYNC_BATCHES)
+        cancel = threading.Event()
+        thread = threading.Thread(target=self._read_for_loop, args=(loop, handed, slots, cancel, timeout),
+                                  name="httptrace-reader", daemon=True)
+        self._reader = (thread, cancel)
+        thread.start()
+        try:
+            while True:
+                item = await handed.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                slots.release()
+                for exchange in item:
+                    yield exchange
+        finally:
+            # Abandoned (break, cancellation) or done: the reader ends within a poll; wait for it
+            # without blocking the loop, so that close() right after finds nothing running.
+            cancel.set()
+            while thread.is_alive():
+                await asyncio.sleep(POLL_MS / 1000)
+            if self._reader is not None and self._reader[0] is thread:
+                self._reader = None
+
+    def _read_for_loop(self, loop: asyncio.AbstractEventLoop,
+                       handed: asyncio.Queue[list[Exchange] | BaseException | None],
+                       slots: threading.Semaphore, cancel: threading.Event, timeout: float | None) -> None:
+        """aexchanges()'s reader thread: exchange batches to the loop; then None, or the error raised."""
+        last: BaseException | None = None
+        try:
+            for batch in self.exchange_batches(timeout):
+                if cancel.is_set():
+                    return
+                if not batch:
+                    continue
+                while not slots.acquire(timeout=POLL_MS / 1000):
+                    if cancel.is_set():
+                        return
+                loop.call_soon_threadsafe(handed.put_nowait, batch)
+        except BaseException as exc:   # raised in the consumer, where someone can handle it
+            last = exc
+        try:
+            loop.call_soon_threadsafe(handed.put_nowait, last)
+        except RuntimeError:   # the loop is closed: nobody is waiting any more
+            pass
+
+    def _pump(self, timeout: float | None = None) -> Iterator[int]:
+        """Poll the ring buffer until stop() or `timeout` s; yields the wall time after each wake-up."""
+        if self._ring is None:
+            raise RuntimeError("Tracer is not started: use it as a context manager")
+        until = None if timeout is None else time.monotonic() + timeout
         next_sweep = time.monotonic() + SWEEP_EVERY_S
         ring = self._ring
-        while not self._stopping:
+        while not self._stopping and (until is None or time.monotonic() < until):
             self._decode(ring.poll(POLL_MS))
             if not ring.full:
                 # Events submitted without a wake-up (see wakeup_bytes) are only found by looking.
@@ -321,6 +431,8 @@ class Tracer:
         In two steps: keys of dead processes found now are acted on at the next sweep, and only once the
         reader has caught up with the ring buffer in between, so the dead process's last events (still
         queued when it was found dead) are reassembled before its connections are closed."""
+        if self._object is None:
+            return
         conns = self._object.map("conns")
         if self._dead_keys and self._caught_up:
             for key in self._dead_keys:

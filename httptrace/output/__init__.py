@@ -12,7 +12,7 @@ import codecs
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, Any, Callable, Protocol
 
 from httptrace.exchange import Exchange, Message
 from httptrace.redact import Redactor
@@ -34,7 +34,7 @@ class OutputOptions:
     color: bool = False             # text only
 
 
-def make_writer(fmt: str, stream: IO, options: OutputOptions) -> ExchangeWriter:
+def make_writer(fmt: str, stream: IO[Any], options: OutputOptions) -> ExchangeWriter:
     """The writer for --format; text and json take a text stream, har a binary one."""
     # Imported here: the submodules import the helpers below from this package.
     if fmt == "text":
@@ -52,14 +52,7 @@ def make_writer(fmt: str, stream: IO, options: OutputOptions) -> ExchangeWriter:
 def httptrace_version() -> str:
     """For HAR's creator field and --version."""
     import httptrace
-    version = getattr(httptrace, "__version__", None)
-    if version:
-        return str(version)
-    try:
-        from importlib.metadata import PackageNotFoundError, version as dist_version
-        return dist_version("httptrace")
-    except PackageNotFoundError:   # running from a checkout, not installed
-        return "0+unknown"
+    return httptrace.__version__
 
 
 # --- timestamps -------------------------------------------------------------------
@@ -84,7 +77,7 @@ def iso_utc(ns: int) -> str:
 # A small compressed body may inflate enormously; past this we keep what we have.
 MAX_DECODED_BODY = 64 * 1024 * 1024
 
-_decoder = None   # resolved once: httptrace.http1.decoded_body, or the local fallback
+_decoder: Callable[[Message], bytes] | None = None   # resolved once: httptrace.http1.decoded_body, or the local fallback
 
 
 def _fallback_decoded_body(message: Message) -> bytes:
@@ -92,7 +85,7 @@ def _fallback_decoded_body(message: Message) -> bytes:
     Used until (or unless) httptrace.http1 provides decoded_body."""
     coding = (message.header("content-encoding") or "").strip().lower()
     if coding in ("gzip", "x-gzip"):
-        attempts = (31,)
+        attempts: tuple[int, ...] = (31,)
     elif coding == "deflate":
         attempts = (15, -15)       # RFC says zlib-wrapped; some servers send raw deflate
     else:
@@ -112,13 +105,16 @@ def decoded_content(message: Message) -> tuple[bytes, bool]:
     body = message.body
     if not body:
         return body, False
-    if _decoder is None:
+    decoder = _decoder
+    if decoder is None:
         try:
-            from httptrace.http1 import decoded_body as _decoder  # noqa: N811
+            from httptrace.http1 import decoded_body
+            decoder = decoded_body
         except ImportError:
-            _decoder = _fallback_decoded_body
+            decoder = _fallback_decoded_body
+        _decoder = decoder
     try:
-        data = _decoder(message)
+        data = decoder(message)
     except Exception:  # a body we cannot decode is shown raw, never fatal to the capture
         return body, False
     return data, data is not body and data != body

@@ -20,10 +20,10 @@ import fcntl
 import json
 import os
 import re
-from typing import IO, Any
+from typing import IO, Any, Iterable
 from urllib.parse import parse_qsl, quote
 
-from httptrace.exchange import Exchange, Message, Role
+from httptrace.exchange import Endpoint, Exchange, Message, Role
 from httptrace.output import (
     OutputOptions, body_as_text, decoded_content, endpoint_text, httptrace_version, iso_utc,
 )
@@ -52,13 +52,13 @@ def _ms(ns: int) -> float:
     return round(max(0, ns) / 1_000_000, 3)
 
 
-def server_endpoint(exchange: Exchange):
+def server_endpoint(exchange: Exchange) -> Endpoint | None:
     """The HTTP server's address: the peer for a traced client, ourselves for a traced server."""
     connection = exchange.connection
     return connection.local if connection.role is Role.SERVER else connection.remote
 
 
-def client_endpoint(exchange: Exchange):
+def client_endpoint(exchange: Exchange) -> Endpoint | None:
     connection = exchange.connection
     return connection.remote if connection.role is Role.SERVER else connection.local
 
@@ -72,7 +72,8 @@ def _authority(host: str) -> str:
     """A Host header value made safe as a URL authority: "[", "@", "/" and friends from a
     malformed header are percent-encoded instead of changing what the URL means.
     Empty when nothing usable is left."""
-    name, port = _PORT_SUFFIX.fullmatch(host.strip()).groups()
+    match = _PORT_SUFFIX.fullmatch(host.strip())
+    name, port = match.groups() if match is not None else ("", None)   # None: a line break in it
     if not name:
         return ""
     if _IP_LITERAL.fullmatch(name):
@@ -81,17 +82,19 @@ def _authority(host: str) -> str:
 
 
 def request_url(exchange: Exchange) -> str:
-    """Absolute URL: scheme from the connection's TLS-ness, authority from Host (or the
-    server address when there is no Host header), then the request target."""
+    """Absolute URL: scheme from the connection's TLS-ness (or HTTP/2's :scheme), authority from
+    Host or :authority (or the server address when there is neither), then the request target."""
     request = exchange.request
     scheme = "https" if exchange.connection.tls else "http"
+    if request.header(":scheme") in ("http", "https"):
+        scheme = request.header(":scheme")
     target = request.target or "/"
     if target[:8].lower().startswith(("http://", "https://")):     # absolute-form (proxy requests)
         scheme, rest = target.split("://", 1)
         cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
         host, target = _authority(rest[:cut]), rest[cut:] or "/"
     else:
-        host = _authority(request.header("host") or "")
+        host = _authority(request.header(":authority") or request.header("host") or "")
     if not host:
         server = server_endpoint(exchange)
         if server is None:
@@ -114,7 +117,7 @@ def _query_string(target: str | None) -> list[dict[str, str]]:
     return [{"name": n, "value": v} for n, v in parse_qsl(query, keep_blank_values=True, errors="replace")]
 
 
-def _request_cookies(headers) -> list[dict[str, Any]]:
+def _request_cookies(headers: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
     cookies = []
     for name, value in headers:
         if name.lower() == "cookie":
@@ -125,7 +128,7 @@ def _request_cookies(headers) -> list[dict[str, Any]]:
     return cookies
 
 
-def _response_cookies(headers) -> list[dict[str, Any]]:
+def _response_cookies(headers: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
     cookies = []
     for name, value in headers:
         if name.lower() != "set-cookie":
@@ -158,7 +161,10 @@ def _response_cookies(headers) -> list[dict[str, Any]]:
 
 def _headers_size(message: Message) -> int:
     """Bytes up to and including the blank line, rebuilt from the parsed head.  HTTP/1
-    peers almost always write "Name: value" with CRLF, so this matches the wire."""
+    peers almost always write "Name: value" with CRLF, so this matches the wire.  HTTP/2
+    headers travel HPACK-compressed: -1 (unknown), as HAR allows."""
+    if message.version == "HTTP/2":
+        return -1
     if message.method is not None:
         start = len(message.method) + len(message.target or "") + len(message.version) + 2
     else:
@@ -222,7 +228,7 @@ def exchange_to_har_entry(exchange: Exchange, redactor: Redactor, include_bodies
     har_request: dict[str, Any] = {
         "method": request.method or "",
         "url": request_url(exchange),
-        "httpVersion": request.version,
+        "httpVersion": _http_version(request),
         "cookies": _request_cookies(request_headers),
         "headers": [{"name": n, "value": v} for n, v in request_headers],
         "queryString": _query_string(request.target),
@@ -239,10 +245,12 @@ def exchange_to_har_entry(exchange: Exchange, redactor: Redactor, include_bodies
         wait = receive = 0.0
     else:
         response_headers = redactor.headers(response.headers)
+        if response.version == "HTTP/2":    # :status is `status`; request pseudo-headers stay, as Chrome exports
+            response_headers = tuple(field for field in response_headers if field[0] != ":status")
         har_response = {
             "status": response.status or 0,
             "statusText": response.reason or "",
-            "httpVersion": response.version,
+            "httpVersion": _http_version(response),
             "cookies": _response_cookies(response_headers),
             "headers": [{"name": n, "value": v} for n, v in response_headers],
             "content": _content(response, include_bodies),
@@ -275,7 +283,20 @@ def exchange_to_har_entry(exchange: Exchange, redactor: Redactor, include_bodies
     entry["_comm"] = connection.comm
     entry["_role"] = connection.role.value
     entry["_flags"] = flags
+    if exchange.stream_id is not None:
+        entry["_stream_id"] = exchange.stream_id
+    if exchange.reset_code is not None:
+        entry["_reset_code"] = exchange.reset_code
+    if exchange.grpc is not None:
+        entry["_grpc"] = exchange.grpc._asdict()
+    for har_message, message in ((har_request, request), (har_response, response)):
+        if message is not None and message.trailers:
+            har_message["_trailers"] = [{"name": n, "value": v} for n, v in redactor.headers(message.trailers)]
     return entry
+
+
+def _http_version(message: Message) -> str:
+    return "HTTP/2.0" if message.version == "HTTP/2" else message.version
 
 
 def _can_rewrite(stream: IO[bytes]) -> bool:

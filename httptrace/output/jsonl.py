@@ -10,7 +10,8 @@ small exchange and 30 ms for a 10 MB body, which made it the agent's largest sin
 from __future__ import annotations
 
 import base64
-from typing import IO, Any
+import functools
+from typing import IO, Any, Iterable
 
 import orjson
 
@@ -44,6 +45,7 @@ def _message_fields(message: Message, redactor: Redactor, include_bodies: bool) 
         text, encoding = body_as_text(body, message.truncated), "utf-8"
         if text is None:
             text, encoding = base64.b64encode(body).decode("ascii"), "base64"
+    fields: dict[str, Any]
     if message.method is not None:
         fields = {"method": message.method, "target": message.target}
     else:
@@ -54,6 +56,7 @@ def _message_fields(message: Message, redactor: Redactor, include_bodies: bool) 
     fields["body_encoding"] = encoding
     fields["body_size"] = message.body_size
     fields["truncated"] = message.truncated
+    fields["trailers"] = redactor.headers(message.trailers) if message.trailers else []
     return fields
 
 
@@ -66,6 +69,10 @@ def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: boo
     response = exchange.response
     record["response"] = None if response is None else _message_fields(response, redactor, include_bodies)
     record["flags"] = sorted(flag.value for flag in exchange.flags) if exchange.flags else []
+    record["stream_id"] = exchange.stream_id
+    record["reset_code"] = exchange.reset_code
+    grpc = exchange.grpc
+    record["grpc"] = None if grpc is None else grpc._asdict()
     return record
 
 
@@ -85,6 +92,20 @@ def _connection_dict(connection: Connection, first_byte_ns: int) -> dict[str, An
     record = cached[1].copy()
     record["time"] = iso_utc(first_byte_ns)
     return record
+
+
+@functools.lru_cache(maxsize=16)
+def _redactor(extra_names: tuple[str, ...], enabled: bool) -> Redactor:
+    return Redactor(extra_names, enabled=enabled)
+
+
+def exchange_record(exchange: Exchange, *, include_bodies: bool = True, redact: Iterable[str] = (),
+                    unredacted: bool = False) -> dict[str, Any]:
+    """Exchange.to_dict(): the record of exchange_to_dict() as json.loads() reads it back from the line,
+    with lists for header pairs and no dict shared with another record (connections' fields are)."""
+    record = exchange_to_dict(exchange, _redactor(tuple(redact), not unredacted), include_bodies)
+    loaded: dict[str, Any] = orjson.loads(orjson.dumps(record))
+    return loaded
 
 
 def exchange_to_json(exchange: Exchange, redactor: Redactor, include_bodies: bool = True) -> str:

@@ -40,7 +40,7 @@ def safe_block(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-def human_size(size: int) -> str:
+def human_size(size: float) -> str:
     if size < 1024:
         return f"{size}B"
     for unit in ("KiB", "MiB", "GiB"):
@@ -86,6 +86,9 @@ def format_summary_line(exchange: Exchange, color: bool = False) -> str:
     else:
         status = _paint("---", _DIM, color)
         response_size = "-"
+    if exchange.grpc is not None:
+        grpc_status = exchange.grpc.status
+        status += " grpc=" + ("?" if grpc_status is None else str(grpc_status))
     parts = [
         _paint(_local_clock(request.first_byte_ns), _DIM, color),
         f"{connection.pid}/{safe_line(connection.comm)}",
@@ -94,6 +97,7 @@ def format_summary_line(exchange: Exchange, color: bool = False) -> str:
         _peer(connection.remote),
         _paint(safe_line(request.method or "?"), _BOLD, color),
         safe_line(request.target or "?"),
+        *(("HTTP/2",) if exchange.stream_id is not None else ()),
         status,
         human_latency(exchange.latency_ns),
         f"req={human_size(request.body_size)}",
@@ -154,6 +158,8 @@ def format_details(exchange: Exchange, options: OutputOptions) -> list[str]:
             if body:
                 lines.append(f"  {prefix}")
                 lines.extend(f"  {prefix} {line}" for line in body)
+        for name, value in options.redactor.headers(message.trailers):
+            lines.append(f"  {prefix} [trailer] {safe_line(name)}: {safe_line(value)}")
     lines.append("")
     return lines
 

@@ -1,25 +1,96 @@
 """The wheel is self-contained: installed in a fresh venv it loads its own libbpf and eBPF objects, with
-no clang, no bpftool and no system libbpf on the PATH or in use."""
+no clang, no bpftool and no system libbpf on the PATH or in use. And it is portable: one abi3 wheel for
+CPython >= 3.9 on any glibc >= 2.17 (manylinux2014), with libbpf, libelf and zlib linked into its module."""
 import glob
+import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+from elftools.elf.gnuversions import GNUVerNeedSection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULE = "httptrace/_libbpf.abi3.so"
 
 
 @pytest.fixture(scope="module")
-def wheel_venv(tmp_path_factory):
+def wheel_path():
     subprocess.run(["make", "-s", "wheel"], cwd=ROOT, check=True, capture_output=True)
     (wheel,) = glob.glob(os.path.join(ROOT, "wheelhouse", "httptrace-*.whl"))
-    assert "manylinux" in os.path.basename(wheel), wheel
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(wheel_path, tmp_path_factory):
     venv = tmp_path_factory.mktemp("wheel-venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", wheel], check=True, capture_output=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", wheel_path], check=True, capture_output=True)
     return venv
+
+
+@pytest.fixture(scope="module")
+def module_elf(wheel_path):
+    with zipfile.ZipFile(wheel_path) as wheel:
+        return ELFFile(io.BytesIO(wheel.read(MODULE)))
+
+
+def test_wheel_is_abi3_manylinux2014(wheel_path):
+    # name-version-python-abi-platform(s).whl; auditwheel writes both names of the platform
+    _, _, python, abi, platforms = os.path.basename(wheel_path)[: -len(".whl")].split("-")
+    assert (python, abi) == ("cp39", "abi3"), wheel_path
+    assert "manylinux_2_17_x86_64" in platforms.split("."), wheel_path
+    show = subprocess.run([sys.executable, "-m", "auditwheel", "show", wheel_path], capture_output=True,
+                          text=True, check=True).stdout
+    assert 'consistent with the following platform tag: "manylinux_2_17_x86_64"' in " ".join(show.split()), show
+
+
+def test_wheel_has_one_shared_object_the_abi3_module(wheel_path):
+    with zipfile.ZipFile(wheel_path) as wheel:
+        shared = [n for n in wheel.namelist() if re.search(r"\.so(\.|$)", n)]
+    assert shared == [MODULE]  # nothing grafted into httptrace.libs/
+
+
+def test_every_shared_object_needs_glibc_2_17_at_most(wheel_path):
+    with zipfile.ZipFile(wheel_path) as wheel:
+        objects = {n: ELFFile(io.BytesIO(wheel.read(n))) for n in wheel.namelist() if re.search(r"\.so(\.|$)", n)}
+    assert MODULE in objects
+    for name, elf in objects.items():
+        section = elf.get_section_by_name(".gnu.version_r")
+        assert isinstance(section, GNUVerNeedSection), name
+        needed = {aux.name for _, auxes in section.iter_versions() for aux in auxes}
+        glibc = [tuple(int(x) for x in v[len("GLIBC_"):].split(".")) for v in needed if v.startswith("GLIBC_")]
+        assert glibc, (name, needed)
+        assert max(glibc) <= (2, 17), (name, sorted(needed))
+
+
+def test_module_links_libbpf_libelf_zlib_statically(module_elf):
+    dynamic = next(s for s in module_elf.iter_sections() if isinstance(s, DynamicSection))
+    needed = [tag.needed for tag in dynamic.iter_tags() if tag.entry.d_tag == "DT_NEEDED"]
+    assert "libc.so.6" in needed
+    assert not [n for n in needed if re.match(r"lib(bpf|elf|z)\.", n)], needed
+    # only the module's init is exported: the static libraries' symbols stay inside
+    exported = [s.name for s in module_elf.get_section_by_name(".dynsym").iter_symbols()
+                if s.entry.st_shndx != "SHN_UNDEF" and s["st_info"]["bind"] == "STB_GLOBAL"]
+    assert exported == ["PyInit__libbpf"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="abi3audit needs Python >= 3.10")
+def test_module_uses_only_the_stable_abi_of_3_9(wheel_path):
+    result = subprocess.run([sys.executable, "-m", "abi3audit", "--strict", "--report", wheel_path],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (extension,) = json.loads(result.stdout)["specs"][wheel_path]["wheel"]
+    assert extension["name"] == os.path.basename(MODULE)
+    verdict = extension["result"]
+    assert verdict["is_abi3"] and verdict["baseline"] == "3.9", verdict
+    assert verdict["non_abi3_symbols"] == [] and verdict["future_abi3_objects"] == {}, verdict
 
 
 def clean_env(venv, tmp_path):
@@ -44,15 +115,37 @@ from importlib import resources
 obj = resources.files("httptrace.bpf") / "httptrace.bpf.o"
 print("object", obj.is_file(), obj)
 print("package", httptrace.__file__)
+print("module", httptrace._libbpf.__file__)
 print(open("/proc/self/maps").read())
 """
 
 
-def test_wheel_uses_its_bundled_libbpf_and_objects(wheel_venv, tmp_path):
+def test_wheel_uses_its_own_libbpf_and_objects(wheel_venv, tmp_path):
     env = clean_env(wheel_venv, tmp_path)
     out = subprocess.run([str(wheel_venv / "bin" / "python"), "-c", PROBE], cwd=tmp_path, env=env,
                          capture_output=True, text=True, check=True).stdout
     assert f"object True {wheel_venv}" in out
     assert f"package {wheel_venv}" in out
-    assert "httptrace.libs/libbpf" in out
-    assert "/usr/lib/x86_64-linux-gnu/libbpf.so" not in out
+    assert re.search(rf"^module {re.escape(str(wheel_venv))}/\S+/{re.escape(MODULE)}$", out, re.M), out
+    mapped = {f[5] for f in (line.split() for line in out.splitlines()) if len(f) == 6 and f[5].startswith("/")}
+    assert any(path.endswith(MODULE) for path in mapped), mapped
+    # libbpf and libelf are inside the module: neither the system's nor a grafted copy is mapped
+    assert not [p for p in mapped if re.search(r"/lib(bpf|elf)[.-]", p) or "httptrace.libs" in p], mapped
+
+
+PUBLIC_API = """
+import os, httptrace
+from httptrace import Tracer, Exchange, Reassembler
+assert sorted(httptrace.__all__) == sorted(name for name in httptrace.__all__ if hasattr(httptrace, name))
+print("typed", os.path.isfile(os.path.join(os.path.dirname(httptrace.__file__), "py.typed")))
+print("version", httptrace.__version__)
+"""
+
+
+def test_wheel_exports_the_public_api_and_is_typed(wheel_venv, tmp_path):
+    env = clean_env(wheel_venv, tmp_path)
+    out = subprocess.run([str(wheel_venv / "bin" / "python"), "-c", PUBLIC_API], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    typed, version = out.splitlines()
+    assert typed == "typed True"
+    assert re.fullmatch(r"version \d+\.\d+\.\d+.*", version), version   # from the wheel's metadata

@@ -1,11 +1,13 @@
-"""The root end-to-end subset, run inside a QEMU guest on another kernel with the installed wheel.
+"""The root end-to-end subset, run inside a QEMU guest (another kernel, a Debian userland) with the wheel.
 
 run_kernels.py copies this file into the guest's scratch directory and runs it with the python of a venv
-that has only the wheel (and its PyPI dependencies) installed: nothing from the source tree is imported.
-Servers and clients are subprocesses (the tracer never traces its own process). Each check prints
-PASS/FAIL with a detail line; result.json (and verifier.log when a load failed) go to --out.
+that the userland's own python3 made, with only the wheel (and its PyPI dependencies) installed: nothing
+from the source tree is imported. Servers and clients are the userland's (python3, curl, nginx, its
+libssl) plus the static Go seed server, all subprocesses (the tracer never traces its own process).
+Runs on Python 3.9+. Each check prints PASS/FAIL with a detail line; result.json (and verifier.log when
+a load failed) go to --out.
 
-Usage: python guest_check.py --out DIR
+Usage: python guest_check.py --out DIR --family fast|compat --seed-server PATH
 """
 from __future__ import annotations
 
@@ -14,15 +16,20 @@ import ctypes
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+import ssl
 import traceback
 
 OUT = "."
+FAMILY = "fast"        # the program family httptrace must pick on this kernel (kernels.txt)
+SEED_SERVER = ""       # tests/e2e's Go seed server, static
 RESULTS: list[dict] = []
+PICKED: dict = {}      # what `httptrace --check` said it picked, for result.json
 
 # Kernel features the object uses beyond the 5.8 ring buffer, with the release that brought each.
 HELPERS = (("bpf_ringbuf_reserve", 131, "5.8"), ("bpf_get_current_task_btf", 158, "5.11"),
@@ -144,13 +151,21 @@ def wire_head(message) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+SYS_BPF = 321  # x86-64
+GET_NEXT_ID = {"prog": 11, "map": 12, "link": 31}  # BPF_PROG/MAP/LINK_GET_NEXT_ID
+
+
 def bpf_ids(kind: str = "prog") -> set[int]:
-    """Every BPF program (or map, or link) in the kernel by id: BPF_*_GET_NEXT_ID via the wheel's libbpf."""
-    get_next = getattr(ctypes.CDLL(libbpf_path()), f"bpf_{kind}_get_next_id")
-    ids, current, nxt = set(), 0, ctypes.c_uint32()
-    while get_next(ctypes.c_uint32(current), ctypes.byref(nxt)) == 0:
-        current = nxt.value
-        ids.add(current)
+    """Every BPF program (or map, or link) in the kernel by id, from the bpf() syscall itself: the wheel
+    need not export libbpf's symbols, and this sees what any library left behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 3)()  # union bpf_attr for *_GET_NEXT_ID: start_id, next_id, open_flags
+    ids = set()
+    while libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(GET_NEXT_ID[kind]), attr, ctypes.c_uint(12)) == 0:
+        ids.add(attr[1])
+        attr[0] = attr[1]
+    err = ctypes.get_errno()
+    assert err == 2, f"BPF_{kind.upper()}_GET_NEXT_ID: {os.strerror(err)}"  # ENOENT ends the walk
     return ids
 
 
@@ -158,15 +173,9 @@ def bpf_program_ids() -> set[int]:
     return bpf_ids("prog")
 
 
-def libbpf_path() -> str:
-    import httptrace._libbpf  # noqa: F401  (maps the bundled libbpf)
-
+def mapped_files() -> list[str]:
     with open("/proc/self/maps") as f:
-        for line in f:
-            path = line.split(None, 5)[-1].strip()
-            if "/libbpf" in os.path.basename(path) or "libbpf-" in path or "libbpf.so" in path:
-                return path
-    raise RuntimeError("the wheel's libbpf is not mapped")
+        return sorted({line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6})
 
 
 def bpf_fds() -> list[str]:
@@ -206,36 +215,51 @@ def kernel_features():
     with open(os.path.join(OUT, "features.json"), "w") as f:
         json.dump({"release": uname.release, "version": uname.version, "features": features}, f, indent=1)
     missing = [name for name, ok in features.items() if not ok]
-    assert not missing, f"missing: {', '.join(missing)}"
-    return f"{uname.release}: BTF, ring buffer, bpf_get_current_task_btf, bpf_task_pt_regs, bpf_loop all present"
+    basic = [name for name in missing if name in ("btf", "ringbuf map") or name.startswith("bpf_ringbuf")]
+    assert not basic, f"missing what every family needs: {', '.join(basic)}"
+    if FAMILY == "fast":
+        assert not missing, f"listed as fast, but missing: {', '.join(missing)}"
+        return f"{uname.release}: BTF, ring buffer, bpf_get_current_task_btf, bpf_task_pt_regs, bpf_loop all present"
+    assert missing, "listed as compat, but every feature of the fast family is present"
+    return f"{uname.release}: BTF and ring buffer present; missing (so compat): {', '.join(missing)}"
 
 
 def installed_wheel():
-    """httptrace comes from the venv's installed wheel, with the wheel's own libbpf, not from a source tree."""
+    """httptrace comes from the venv's installed wheel, with the wheel's own libbpf (inside its module or
+    beside it), not from a source tree or the distribution."""
     import importlib.metadata
 
     import httptrace
+    import httptrace._libbpf as module
 
+    venv = os.path.realpath(sys.prefix) + os.sep
     package = os.path.realpath(os.path.dirname(httptrace.__file__))
-    assert package.startswith(os.path.realpath(sys.prefix) + os.sep), f"httptrace imported from {package}"
-    libbpf = libbpf_path()
-    assert "httptrace.libs" in libbpf, f"libbpf is not the wheel's: {libbpf}"
-    return f"httptrace {importlib.metadata.version('httptrace')} from {package}; libbpf {os.path.basename(libbpf)}"
+    assert package.startswith(venv), f"httptrace imported from {package}"
+    assert os.path.realpath(module.__file__).startswith(venv), f"the libbpf module is {module.__file__}"
+    foreign = [p for p in mapped_files() if re.search(r"/lib(bpf|elf)[-.]", p) and not p.startswith(venv)]
+    assert not foreign, f"libbpf/libelf mapped from outside the wheel: {foreign}"
+    bundled = [os.path.basename(p) for p in mapped_files() if p.startswith(venv) and re.search(r"\.so", p)]
+    return (f"httptrace {importlib.metadata.version('httptrace')} from {package}; "
+            f"shared objects from the venv: {', '.join(bundled)}")
 
 
 def httptrace_check():
-    """`python -m httptrace --check` exits 0 and loads and attaches the programs."""
+    """`python -m httptrace --check` exits 0 and names the program family it picked: the listed one."""
     result = subprocess.run([sys.executable, "-m", "httptrace", "--check"], capture_output=True, text=True,
                             timeout=300)
     print(result.stdout + result.stderr, flush=True)
     problems = [line.strip() for line in result.stdout.splitlines() if line.strip() and not line.startswith("ok")]
     assert result.returncode == 0, f"exit {result.returncode}: {' | '.join(problems[:3])}"
-    assert "programs loaded and attached" in result.stdout, "no 'programs loaded and attached' line"
-    return [line.strip() for line in result.stdout.splitlines() if "programs loaded" in line][0]
+    picked = re.search(r"^ok\s+programs: (\w+)(.*)$", result.stdout, re.M)
+    assert picked, "no 'ok   programs: <family> (...)' line in the output of --check"
+    PICKED.update(family=picked.group(1), line=picked.group(0).strip())
+    assert picked.group(1) == FAMILY, f"picked {picked.group(1)!r}{picked.group(2)}; this kernel is listed as {FAMILY}"
+    return picked.group(0).strip()
 
 
 def load_and_attach_every_program():
-    """Every program of the object is loaded and attached (tracepoints and the libssl uprobes)."""
+    """Every program the loader chose (one family of the object) is in the kernel and attached: the
+    syscall tracepoints and the libssl uprobes."""
     from httptrace import checks
     from httptrace.libbpf import BpfObject
     from httptrace.tracer import Tracer
@@ -258,14 +282,18 @@ def load_and_attach_every_program():
         loaded_ids = bpf_program_ids() - BEFORE["prog"]
     finally:
         tracer.__exit__(None, None, None)
-    missing = sorted(set(in_object) - set(attached))
+    chosen = set(attached)
     print(f"  {len(in_object)} programs in the object, {len(loaded_ids)} loaded in the kernel, {len(attached)} links; "
           f"TLS libraries: {', '.join(libraries) or 'none'}", flush=True)
     for name, section in sorted(in_object.items()):
-        print(f"    {name:32} {section:48} {'attached' if name in attached else 'NOT ATTACHED'}", flush=True)
-    assert not missing, f"not attached: {', '.join(missing)}"
-    assert len(loaded_ids) == len(in_object), f"{len(loaded_ids)} programs in the kernel, {len(in_object)} in the object"
-    return (f"{len(in_object)} programs loaded (bpf_loop path included) and attached as {len(attached)} links "
+        print(f"    {name:32} {section:48} {'attached' if name in chosen else 'not loaded'}", flush=True)
+    assert chosen <= set(in_object), f"attached programs not in the object: {sorted(chosen - set(in_object))}"
+    sections = [in_object[name].lstrip("?") for name in chosen]  # "?sec": not loaded unless chosen
+    assert any(s.startswith("tracepoint/") for s in sections), "no tracepoint program attached"
+    assert any(s.startswith("uprobe") or s.startswith("uretprobe") for s in sections), "no libssl uprobe attached"
+    # A program loaded but not attached would be one more in the kernel than attached names.
+    assert len(loaded_ids) == len(chosen), f"{len(loaded_ids)} programs in the kernel, {len(chosen)} attached"
+    return (f"{len(chosen)} of the object's {len(in_object)} programs loaded and attached as {len(attached)} links "
             f"in {load_seconds:.1f}s; TLS: {', '.join(libraries) or 'none'}")
 
 
@@ -293,9 +321,10 @@ def _get(host: str, size: int, name: str):
     return server.proc.pid, client.pid, cap, body, head
 
 
-def _assert_exchange(ex, role, body, head, name):
+def _assert_exchange(ex, role, body, head, name, method="GET"):
+    """One captured exchange against what the client received: the response head and body byte for byte."""
     assert ex.connection.role.value == role, f"role {ex.connection.role} != {role}"
-    assert ex.request.method == "GET" and ex.request.target == f"/{name}", f"{ex.request.method} {ex.request.target}"
+    assert ex.request.method == method and ex.request.target == f"/{name}", f"{ex.request.method} {ex.request.target}"
     assert ex.response is not None, "no response"
     assert ex.response.status == 200, f"status {ex.response.status}"
     assert not ex.flags, f"flags {sorted(f.value for f in ex.flags)}"
@@ -377,6 +406,229 @@ def request_body():
     return f"POST /upload: {len(body)} request body bytes byte-exact, 201"
 
 
+def run_client(argv: list[str], timeout: int = 150) -> tuple[int, bytes]:
+    """Run a client to its end; (pid, stdout). Its pid picks its side of the exchanges."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"{argv[0]} exited {proc.returncode}: {err.decode(errors='replace')[-500:]}"
+    return proc.pid, out
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def split_heads(data: bytes) -> list[bytes]:
+    """curl -D with several transfers: the response heads one after the other, each ending in CRLF CRLF."""
+    return [head + b"\r\n\r\n" for head in data.split(b"\r\n\r\n")[:-1]]
+
+
+def seed_ten_megabytes():
+    """The Go seed server's 10 MB answer to POST /customResponse, byte-exact on both sides."""
+    size = 10 * 1024 * 1024
+    work = "/tmp/seed"
+    os.makedirs(work, exist_ok=True)
+    head_path, body_path = os.path.join(work, "head"), os.path.join(work, "body")
+    request = b'{"size": %d}' % size
+    port = free_port(socket.AF_INET)
+    server = subprocess.Popen([SEED_SERVER, "-addr", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, "127.0.0.1")
+        # 10 MB crosses the ring buffer twice (server and client side): room for both, so a slow
+        # emulated reader does not turn this into a drop test.
+        with Capture(ports=[port], ring_buffer_size=128 << 20) as cap:
+            client_pid, _ = run_client(["curl", "-sS", "--max-time", "150", "-D", head_path, "-o", body_path,
+                                        "-H", "Content-Type: application/json", "--data-binary", request,
+                                        f"http://127.0.0.1:{port}/customResponse"], timeout=160)
+    finally:
+        server.kill()
+        server.wait()
+    head, body = read_bytes(head_path), read_bytes(body_path)
+    assert body.startswith(b'{"answer":"') and len(body) == size + len(b'{"answer":""}\n'), f"{len(body)} bytes"
+    assert sum(cap.drops.values()) == 0, f"ring buffer drops: {cap.drops}"
+    for pid, role in ((server.pid, "server"), (client_pid, "client")):
+        exchanges = cap.of(pid)
+        assert len(exchanges) == 1, f"{len(exchanges)} {role} exchanges of {len(cap.exchanges)}"
+        _assert_exchange(exchanges[0], role, body, head, "customResponse", method="POST")
+        assert exchanges[0].request.body == request, f"{role}: request body {exchanges[0].request.body[:60]!r}"
+    assert cap.of(server.pid)[0].connection.comm == "seed-server"
+    return f"POST /customResponse: {len(body)} body bytes byte-exact on both sides, no drops"
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+error_log {work}/error.log;
+pid {work}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    # The body through write/writev, which the tracer copies (a sendfile body is only counted).
+    sendfile off;
+    keepalive_timeout 60s;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/body;
+    server {{
+        listen 127.0.0.1:{port};
+        listen [::1]:{port};
+        root {work}/www;
+    }}
+}}
+"""
+
+
+class Nginx:
+    """The userland's nginx, one process (master_process off) serving `files` from /tmp."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.work = "/tmp/nginx"
+        os.makedirs(os.path.join(self.work, "www"), exist_ok=True)
+        for name, data in files.items():
+            with open(os.path.join(self.work, "www", name), "wb") as f:
+                f.write(data)
+        self.port = free_port(socket.AF_INET)
+        conf = os.path.join(self.work, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(work=self.work, port=self.port))
+        self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", self.work], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(self.port, "127.0.0.1", timeout=30)
+        except TimeoutError:
+            self.close()
+            raise AssertionError(f"nginx did not start: {_file_tail(os.path.join(self.work, 'error.log'))}")
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _file_tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(f.read().splitlines()[-3:])
+    except OSError:
+        return f"(no {path})"
+
+
+def nginx_version() -> str:
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    return out.split(":", 1)[-1].strip()
+
+
+def nginx_keepalive():
+    """Two requests on one keep-alive connection to the distribution's nginx (curl reuses it): two
+    exchanges on each side, in order, each byte-exact with what curl received."""
+    files = {"a.txt": b"first on the connection\n" * 40, "b.bin": os.urandom(300_000)}
+    outs = {name: f"/tmp/nginx-{name}" for name in files}
+    heads_path = "/tmp/nginx-heads"
+    with Nginx(files) as nginx:
+        urls = [f"http://127.0.0.1:{nginx.port}/{name}" for name in files]
+        with Capture(ports=[nginx.port]) as cap:
+            args = ["curl", "-sS", "--max-time", "120", "-D", heads_path, "-w", "%{num_connects} %{local_port}\n"]
+            for name, url in zip(files, urls):
+                args += ["-o", outs[name], url]
+            client_pid, out = run_client(args)
+        server_pid = nginx.proc.pid
+    connects = [line.split() for line in out.decode().splitlines()]
+    assert [c[0] for c in connects] == ["1", "0"], f"curl connects per transfer: {connects} (want one connection)"
+    heads = split_heads(read_bytes(heads_path))
+    assert len(heads) == 2, f"{len(heads)} response heads"
+    for name, data in files.items():
+        assert read_bytes(outs[name]) == data, f"curl did not receive {name}"
+    assert sum(cap.drops.values()) == 0, f"ring buffer drops: {cap.drops}"
+    for pid, role in ((server_pid, "server"), (client_pid, "client")):
+        exchanges = cap.of(pid)
+        assert [ex.request.target for ex in exchanges] == [f"/{name}" for name in files], \
+            f"{role}: {[ex.request.target for ex in exchanges]} of {len(cap.exchanges)}"
+        for ex, (name, data), head in zip(exchanges, files.items(), heads):
+            _assert_exchange(ex, role, data, head, name)
+        connections = {(ex.connection.local, ex.connection.remote) for ex in exchanges}
+        assert len(connections) == 1, f"{role}: {len(connections)} connections"
+        client_end = exchanges[0].connection.local if role == "client" else exchanges[0].connection.remote
+        assert client_end.port == int(connects[0][1]), f"{role}: client port {client_end.port}, curl {connects[0][1]}"
+    return (f"{nginx_version()}: GET /a.txt then /b.bin ({len(files['b.bin'])} bytes) on one connection, "
+            f"2 exchanges byte-exact on each side")
+
+
+RAW_CLIENT = r"""
+import re, socket, sys
+# One keep-alive connection: GET argv[3], then wait for a line on stdin, then GET argv[4]. Each response
+# is read whole (Content-Length) and the bytes as received are written to argv[5] and argv[6].
+host, port = sys.argv[1], int(sys.argv[2])
+sock = socket.create_connection((host, port))
+
+def exchange(target, out):
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: raw-client\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < want(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            sys.exit("connection closed early")
+        data += chunk
+    with open(out, "wb") as f:
+        f.write(data)
+    print("done", sock.getsockname()[1], flush=True)
+
+def want(data):
+    head = data.split(b"\r\n\r\n", 1)[0]
+    return len(head) + 4 + int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+
+exchange(sys.argv[3], sys.argv[5])
+sys.stdin.readline()
+exchange(sys.argv[4], sys.argv[6])
+"""
+
+
+def connection_opened_before_the_tracer():
+    """A keep-alive connection to nginx used once before the tracer started: the next exchange on it is
+    captured on both sides (flagged mid_stream, the only flag), byte-exact with what the client received."""
+    files = {"first.txt": b"before the tracer\n" * 20, "second.bin": os.urandom(150_000)}
+    first, second = "/tmp/raw-first", "/tmp/raw-second"
+    with Nginx(files) as nginx:
+        client = subprocess.Popen([sys.executable, "-c", RAW_CLIENT, "127.0.0.1", str(nginx.port), "/first.txt",
+                                   "/second.bin", first, second], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            line = client.stdout.readline()
+            assert line.startswith("done "), f"the first exchange failed: {line!r}"
+            local_port = int(line.split()[1])
+            with Capture(ports=[nginx.port]) as cap:
+                client.stdin.write("go\n")
+                client.stdin.flush()
+                assert client.stdout.readline() == f"done {local_port}\n", "the second exchange failed"
+                assert client.wait(60) == 0
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        server_pid = nginx.proc.pid
+    raw = read_bytes(second)
+    assert raw.endswith(files["second.bin"]) and read_bytes(first).endswith(files["first.txt"])
+    for pid, role in ((server_pid, "server"), (client.pid, "client")):
+        exchanges = cap.of(pid)
+        assert [ex.request.target for ex in exchanges] == ["/second.bin"], \
+            f"{role}: {[ex.request.target for ex in exchanges]} of {len(cap.exchanges)}"
+        ex = exchanges[0]
+        # The kernel saw no connect()/accept() for it: the role comes from who sent the request.
+        assert ex.connection.role.value == role, f"{role}: role {ex.connection.role}"
+        assert {f.value for f in ex.flags} == {"mid_stream"}, f"{role}: flags {sorted(f.value for f in ex.flags)}"
+        assert ex.response.status == 200 and wire_head(ex.response) + ex.response.body == raw, \
+            f"{role}: the captured response differs from the {len(raw)} bytes the client received"
+        client_end = ex.connection.local if role == "client" else ex.connection.remote
+        assert client_end.port == local_port, f"{role}: client port {client_end.port} != {local_port}"
+    return (f"connection from port {local_port} opened before the tracer: GET /second.bin ({len(raw)} bytes) "
+            "captured on both sides, byte-exact, mid_stream")
+
+
 TLS_SERVER = """
 import http.server, ssl, sys
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -387,8 +639,21 @@ server.serve_forever()
 """
 
 
+def mapped_libssl() -> str:
+    """The distribution's libssl, as this python's ssl module maps it."""
+    import ssl  # noqa: F401
+
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split(None, 5)[-1].strip()
+            if re.search(r"/libssl\.so\.[0-9.]+$", path):
+                return path
+    raise AssertionError("python's ssl module maps no libssl")
+
+
 def tls_exchange():
-    """HTTPS between curl and Python's ssl: plaintext through the libssl uprobes on this kernel."""
+    """HTTPS between curl and Python's ssl, both on the distribution's libssl: the plaintext through the
+    uprobes on that libssl, on this kernel."""
     work = "/tmp/tls"
     os.makedirs(work, exist_ok=True)
     cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
@@ -410,13 +675,17 @@ def tls_exchange():
         server.kill()
         server.wait()
     assert result.stdout == body
+    libssl = mapped_libssl()
+    probed = [path for path in cap.tracer.tls_libraries if os.path.exists(path)]
+    assert any(os.path.samefile(path, libssl) for path in probed), f"{libssl} is not among the probed {probed}"
     tls = [ex for ex in cap.exchanges if ex.connection.tls]
     roles = sorted(ex.connection.role.value for ex in tls)
     assert roles == ["client", "server"], f"TLS exchanges by role: {roles} (of {len(cap.exchanges)})"
     for ex in tls:
         assert ex.request.target == "/secret.txt" and ex.response.status == 200
         assert ex.response.body == body, f"{ex.connection.role.value}: TLS response body differs"
-    return f"GET /secret.txt over TLS: plaintext byte-exact for curl and the Python server ({len(body)} bytes)"
+    return (f"GET /secret.txt over TLS through {libssl} ({ssl.OPENSSL_VERSION}): plaintext byte-exact "
+            f"for curl and the Python server ({len(body)} bytes)")
 
 
 def clean_detach():
@@ -439,16 +708,29 @@ def clean_detach():
 
 
 CHECKS = (kernel_features, installed_wheel, httptrace_check, load_and_attach_every_program, curl_to_http_server_ipv4,
-          one_megabyte_body, ipv6_exchange, request_body, tls_exchange, clean_detach)
+          one_megabyte_body, seed_ten_megabytes, nginx_keepalive, connection_opened_before_the_tracer, ipv6_exchange,
+          request_body, tls_exchange, clean_detach)
+
+
+def userland() -> dict:
+    """The distribution the checks run in: its release, Python, glibc and OpenSSL."""
+    with open("/etc/os-release") as f:
+        release = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+    return {"distribution": release.get("PRETTY_NAME", "?").strip('"'), "python": platform.python_version(),
+            "glibc": os.confstr("CS_GNU_LIBC_VERSION"), "openssl": ssl.OPENSSL_VERSION}
 
 
 def main() -> int:
-    global OUT
+    global OUT, FAMILY, SEED_SERVER
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
+    parser.add_argument("--family", choices=("fast", "compat"), required=True,
+                        help="the program family httptrace must pick on this kernel")
+    parser.add_argument("--seed-server", required=True, help="the static Go seed server")
     parser.add_argument("--only", nargs="*", help="run only these checks")
     args = parser.parse_args()
-    OUT = args.out
+    OUT, FAMILY, SEED_SERVER = args.out, args.family, args.seed_server
+    print(f"userland: {userland()}; expected family: {FAMILY}", flush=True)
     started = time.monotonic()
     BEFORE.update((kind, bpf_ids(kind)) for kind in ("prog", "map", "link"))
     for func in CHECKS:
@@ -456,8 +738,9 @@ def main() -> int:
             check(func)
     ok = bool(RESULTS) and all(r["ok"] for r in RESULTS)
     passed = sum(r["ok"] for r in RESULTS)
-    summary = {"ok": ok, "release": platform.release(), "seconds": round(time.monotonic() - started, 1),
-               "checks": RESULTS}
+    summary = {"ok": ok, "release": platform.release(), "userland": userland(), "expected_family": FAMILY,
+               "family": PICKED.get("family"), "programs_line": PICKED.get("line"),
+               "seconds": round(time.monotonic() - started, 1), "checks": RESULTS}
     with open(os.path.join(OUT, "result.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"guest checks on {platform.release()}: {passed} passed, {len(RESULTS) - passed} failed "

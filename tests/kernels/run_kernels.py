@@ -1,27 +1,40 @@
 #!/usr/bin/env python3
-"""Boot each kernel of kernels.txt under QEMU and run guest_check.py on it with the built wheel.
+"""Boot each guest of kernels.txt under QEMU and run guest_check.py in it with the built wheel.
 
-    python tests/kernels/run_kernels.py [--wheel WHEEL] [--kernels FILE | --kernel PACKAGE ...]
+    python tests/kernels/run_kernels.py [--wheel WHEEL] [--kernels FILE | --guest LINE ...]
                                         [--timeout S] [--quiet] [--guest-command SHELL]
 
-For each kernel (a Debian image package, fetched with `apt-get download` and cached under cache/):
-  * an initramfs is packed: busybox-static, the kernel's own virtio + 9p modules, init.sh;
-  * a scratch directory artifacts/<package>/ gets a venv (made from the host's python) with the wheel
-    installed, guest_check.py and guest.sh;
-  * QEMU (software emulation: nested KVM does not boot here) boots the kernel; the guest mounts the host's
-    / read-only over virtio-9p and the scratch directory read-write at the same path, chroots into it and
-    runs guest.sh, so the host's python, curl and libraries run unchanged on the guest kernel;
-  * the serial console is kept as artifacts/<package>/console.log, and the guest leaves result.json (and
-    verifier.log when a load failed) beside it.
-Exit status 0 when every kernel booted and every guest check passed. Needs qemu-system-x86 and
-busybox-static (`make test-kernels` installs them). The guest runs as root whoever runs this.
+A guest is a Debian kernel, a Debian userland and the program family httptrace must pick on that
+kernel: one line of kernels.txt. For each guest:
+  * apt lists of the userland's suite, private to the cache (the host's apt configuration is left
+    alone), resolve the kernel package; `apt-get download` fetches it and vmlinuz plus the modules
+    init.sh needs are cached;
+  * the userland is built once with debootstrap (minbase + python3, curl, openssl, nginx) and cached;
+  * the scratch directory artifacts/<suite>-<package>/ gets a venv made by the userland's own python3
+    (on the host, chrooted into the userland) with the wheel and its dependencies installed from a
+    local wheelhouse (`pip download` for that Python, on the host), guest_check.py, guest.sh and the
+    seed server (Go, static);
+  * QEMU (software emulation: nested KVM does not boot here) boots the kernel with an initramfs of
+    busybox-static, the kernel's own virtio + 9p modules and init.sh; the guest mounts the userland
+    read-only and the scratch directory read-write at /httptrace over virtio-9p, chroots into the
+    userland and runs guest.sh;
+  * the serial console is kept as console.log; the guest leaves result.json (and verifier.log when a
+    load failed) beside it.
+Everything downloaded or built is cached in $HTTPTRACE_CACHE (default /var/cache/httptrace), so a second
+run downloads nothing. Exit status 0 when every guest booted and passed every check. Runs as root
+(debootstrap, chroot, mount); needs qemu-system-x86, busybox-static, debootstrap and go (`make
+test-kernels` installs them).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import email.parser
+import fcntl
 import glob
 import gzip
+import hashlib
 import json
 import lzma
 import os
@@ -33,14 +46,27 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 KERNELS_FILE = os.path.join(HERE, "kernels.txt")
-CACHE = os.path.join(HERE, "cache")
 ARTIFACTS = os.path.join(HERE, "artifacts")
+CACHE = os.environ.get("HTTPTRACE_CACHE") or "/var/cache/httptrace"
+MIRROR = os.environ.get("HTTPTRACE_DEBIAN_MIRROR") or "http://deb.debian.org/debian"
+SECURITY_MIRROR = os.environ.get("HTTPTRACE_DEBIAN_SECURITY_MIRROR") or "http://deb.debian.org/debian-security"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"  # debian-archive-keyring: every release's keys
 BUSYBOX = "/bin/busybox"
 QEMU = "qemu-system-x86_64"
+SEED_SOURCE = os.path.join(ROOT, "tests", "e2e", "servers", "seed")
+# The userland's packages the checks use: python3 (+ venv, whose pip is the distribution's), curl and
+# openssl (the distribution's libssl), nginx. debootstrap adds their dependencies, not their Recommends.
+USERLAND_PACKAGES = ("python3", "python3-venv", "curl", "openssl", "nginx-light")
+GUEST_DIR = "/httptrace"  # the scratch directory inside the userland: on the host (chroot) and in the guest
+# The userland is read-only in the guest; these of its directories get a tmpfs each (nginx writes two).
+GUEST_TMPFS = ("/tmp", "/run", "/var/tmp", "/var/lib/nginx", "/var/log/nginx")
+FAMILIES = ("fast", "compat")
+PIP_PLATFORM = "manylinux2014_x86_64"  # pip accepts manylinux_2_17 and older wheels for it
 # What init.sh needs from the kernel's modules; their dependencies are added from each module's modinfo.
 WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 DEFAULT_TIMEOUT = 540  # seconds for one guest, boot to power-off
@@ -54,45 +80,124 @@ def log(msg: str) -> None:
     print(f"[kernels] {msg}", flush=True)
 
 
-# ---- kernels.txt and apt -------------------------------------------------------------------------
+# ---- kernels.txt ---------------------------------------------------------------------------------
 
-def read_kernel_list(path: str = KERNELS_FILE) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class Guest:
+    kernel: str  # a Debian image package; `*` stands for a number (the ABI)
+    suite: str   # the Debian userland, whose archive also provides the kernel package
+    family: str  # the program family httptrace must pick on this kernel: fast or compat
+
+    def __str__(self) -> str:
+        return f"{self.kernel} {self.suite} {self.family}"
+
+
+def parse_guest(line: str, where: str = "") -> Guest:
+    fields = line.split()
+    if len(fields) != 3 or not re.fullmatch(r"[a-z]+", fields[1]) or fields[2] not in FAMILIES:
+        raise ValueError(f"{where}{line.strip()!r}: want 'KERNEL-PACKAGE SUITE FAMILY' (family: "
+                         f"{' or '.join(FAMILIES)})")
+    return Guest(*fields)
+
+
+def read_guest_list(path: str = KERNELS_FILE) -> list[Guest]:
+    guests = []
     with open(path) as f:
-        lines = [line.split("#", 1)[0].strip() for line in f]
-    return [line for line in lines if line]
+        for number, raw in enumerate(f, 1):
+            line = raw.split("#", 1)[0].strip()
+            if line:
+                guests.append(parse_guest(line, f"{os.path.basename(path)}:{number}: "))
+    return guests
 
 
 def _natural(name: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-_apt_updated = False
+# ---- apt of one suite, and the kernels -----------------------------------------------------------
+
+class SuiteApt:
+    """apt for one Debian suite (and its -security suite), with sources, lists and package cache of its
+    own under the cache: the host's apt need not know the suite, and its configuration is not changed."""
+
+    def __init__(self, suite: str):
+        self.suite = suite
+        self.dir = os.path.join(CACHE, "apt", suite)
+        self.updated = False  # in this run
+        d = self.dir
+        self.options = [arg for key, value in (("Dir::Etc::SourceList", "sources.list"),
+                                               ("Dir::Etc::SourceParts", "sources.list.d"),
+                                               ("Dir::Etc::Preferences", "preferences"),
+                                               ("Dir::Etc::PreferencesParts", "preferences.d"),
+                                               ("Dir::State::Lists", "lists"), ("Dir::Cache", "cache"))
+                        for arg in ("-o", f"{key}={d}/{value}")]
+        suites = [(MIRROR, suite)] + ([] if suite in ("sid", "unstable") else [(SECURITY_MIRROR, f"{suite}-security")])
+        sources = "".join(f"deb [signed-by={KEYRING}] {url} {name} main\n" for url, name in suites)
+        for sub in ("sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial"):
+            os.makedirs(os.path.join(d, sub), exist_ok=True)
+        path = os.path.join(d, "sources.list")
+        if _read(path) != sources:  # a new mirror: the old lists are stale
+            with open(path, "w") as f:
+                f.write(sources)
+            for old in glob.glob(os.path.join(d, "lists", "*_Packages*")):
+                os.unlink(old)
+
+    def has_lists(self) -> bool:
+        return bool(glob.glob(os.path.join(self.dir, "lists", "*_Packages*")))
+
+    def update(self) -> None:
+        if self.updated:
+            return
+        log(f"apt-get update for {self.suite} (lists in {self.dir})")
+        done = subprocess.run(["apt-get", *self.options, "update", "-qq"], capture_output=True, text=True)
+        if done.returncode != 0 or not self.has_lists():
+            raise KernelTestError(f"apt-get update for {self.suite} failed:\n{done.stdout}{done.stderr}")
+        self.updated = True
+
+    def resolve(self, entry: str) -> str:
+        """An exact package name as it is; with `*`, the newest package the suite has where `*` is a
+        number (`linux-image-6.1.0-*-amd64-unsigned` matches -56-amd64 but not -56-rt-amd64 or -cloud-)."""
+        if "*" not in entry:
+            return entry
+        pattern = re.compile("[0-9]+".join(re.escape(part) for part in entry.split("*")) + "$")
+        prefix = entry.split("*", 1)[0]
+        if not self.has_lists():
+            self.update()
+        while True:
+            out = subprocess.run(["apt-cache", *self.options, "pkgnames", prefix], capture_output=True,
+                                 text=True).stdout
+            names = sorted((n for n in out.split() if pattern.match(n)), key=_natural)
+            if names:
+                return names[-1]
+            if self.updated:
+                raise KernelTestError(f"no package of {self.suite} (and {self.suite}-security) matches {entry!r}")
+            self.update()
+
+    def download(self, package: str, directory: str) -> list[str]:
+        """The .deb of `package` in `directory`; the lists are refreshed once if the archive dropped it."""
+        while True:
+            got = subprocess.run(["apt-get", *self.options, "download", "-q", package], cwd=directory,
+                                 capture_output=True, text=True)
+            if got.returncode == 0:
+                return glob.glob(os.path.join(directory, "*.deb"))
+            if self.updated:
+                raise KernelTestError(f"apt-get download {package} ({self.suite}) failed:\n{got.stdout}{got.stderr}")
+            self.update()
 
 
-def _apt_update() -> None:
-    global _apt_updated
-    if _apt_updated or os.geteuid() != 0:
-        return
-    log("apt-get update")
-    subprocess.run(["apt-get", "update", "-qq"], check=False)
-    _apt_updated = True
+_APTS: dict[str, SuiteApt] = {}
 
 
-def resolve_package(entry: str) -> str:
-    """An exact package name as it is; with `*`, the newest package apt knows where `*` is a number
-    (the ABI: `linux-image-6.1.0-*-amd64-unsigned` matches -56-amd64 but not -56-rt-amd64 or -cloud-)."""
-    if "*" not in entry:
-        return entry
-    pattern = re.compile("[0-9]+".join(re.escape(part) for part in entry.split("*")) + "$")
-    prefix = entry.split("*", 1)[0]
-    for attempt in range(2):
-        out = subprocess.run(["apt-cache", "pkgnames", prefix], capture_output=True, text=True).stdout
-        names = sorted((n for n in out.split() if pattern.match(n)), key=_natural)
-        if names:
-            return names[-1]
-        if attempt == 0:
-            _apt_update()
-    raise KernelTestError(f"no apt package matches {entry!r} (is this a Debian machine with apt lists?)")
+def suite_apt(suite: str) -> SuiteApt:
+    if suite not in _APTS:
+        _APTS[suite] = SuiteApt(suite)
+    return _APTS[suite]
+
+
+def resolve_package(guest: Guest) -> str:
+    if "*" not in guest.kernel:
+        return guest.kernel
+    return suite_apt(guest.suite).resolve(guest.kernel)
 
 
 @dataclasses.dataclass
@@ -139,36 +244,30 @@ def _module_name(path: str) -> str:
     return os.path.basename(path).split(".ko")[0].replace("-", "_")
 
 
-def fetch_kernel(package: str) -> Kernel:
-    """The kernel image and the modules init.sh loads, from the cache or freshly from apt."""
-    cache = os.path.join(CACHE, package)
+def fetch_kernel(package: str, apt: "SuiteApt") -> Kernel:
+    """The kernel image and the modules init.sh loads, from the cache or freshly from the suite's apt."""
+    cache = os.path.join(CACHE, "kernels", package)
     manifest = os.path.join(cache, "kernel.json")
     if os.path.exists(manifest):
         with open(manifest) as f:
             info = json.load(f)
         return Kernel(package, info["release"], os.path.join(cache, "vmlinuz"),
                       [os.path.join(cache, "modules", f"{m}.ko") for m in info["modules"]])
-    log(f"fetching {package} with apt-get download")
+    log(f"fetching {package} from {apt.suite} with apt-get download")
     with tempfile.TemporaryDirectory(prefix="httptrace-kernel-") as tmp:
-        os.chmod(tmp, 0o755)
-        for attempt in range(2):
-            got = subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, capture_output=True, text=True)
-            if got.returncode == 0:
-                break
-            if attempt == 0:
-                _apt_update()
-        else:
-            raise KernelTestError(f"apt-get download {package} failed:\n{got.stdout}{got.stderr}")
-        (deb,) = glob.glob(os.path.join(tmp, "*.deb"))
+        os.chmod(tmp, 0o755)  # apt's _apt user writes the download here
+        (deb,) = apt.download(package, tmp)
         tree = os.path.join(tmp, "tree")
         subprocess.run(["dpkg-deb", "-x", deb, tree], check=True)
         images = glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))
         if len(images) != 1:
             raise KernelTestError(f"{package}: expected one /boot/vmlinuz-*, found {images}")
         release = os.path.basename(images[0])[len("vmlinuz-"):]
-        available = {_module_name(p): p for p in glob.glob(os.path.join(tree, "lib", "modules", release, "**",
-                                                                         "*.ko*"), recursive=True)}
-        builtin_path = os.path.join(tree, "lib", "modules", release, "modules.builtin")
+        # /lib/modules up to Debian 12, /usr/lib/modules from 13 (merged /usr)
+        (modules,) = [d for d in (os.path.join(tree, "lib", "modules", release),
+                                  os.path.join(tree, "usr", "lib", "modules", release)) if os.path.isdir(d)]
+        available = {_module_name(p): p for p in glob.glob(os.path.join(modules, "**", "*.ko*"), recursive=True)}
+        builtin_path = os.path.join(modules, "modules.builtin")
         builtin = set()
         if os.path.exists(builtin_path):
             with open(builtin_path) as f:
@@ -198,11 +297,279 @@ def fetch_kernel(package: str) -> Kernel:
             shutil.copyfile(config, os.path.join(staging, "config"))
         with open(os.path.join(staging, "kernel.json"), "w") as f:
             json.dump({"package": package, "release": release, "modules": order}, f, indent=1)
-        os.makedirs(CACHE, exist_ok=True)
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
         shutil.rmtree(cache, ignore_errors=True)
         shutil.move(staging, cache)
-    log(f"cached {package} ({release}) in {os.path.relpath(cache, ROOT)}")
-    return fetch_kernel(package)
+    log(f"cached {package} ({release}) in {cache}")
+    return fetch_kernel(package, apt)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _read_json(path: str):
+    text = _read(path)
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def _write_json(path: str, data) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def is_static(path: str) -> bool:
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        return not any(seg["p_type"] == "PT_INTERP" for seg in ELFFile(f).iter_segments())
+
+
+@contextlib.contextmanager
+def _locked(directory: str):
+    """One run at a time builds or chroots into a cached userland (two `make test` in parallel)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _mounts_under(path: str) -> list[str]:
+    real = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].replace("\\040", " ") for line in f]
+    return [p for p in points if p == real or p.startswith(real + os.sep)]
+
+
+def _remove_tree(path: str) -> None:
+    """rmtree, but never through a mount (a bind mount left by a killed run would lose its contents)."""
+    for point in sorted(_mounts_under(path), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    if _mounts_under(path):
+        raise KernelTestError(f"{path} still has mounts under it: {_mounts_under(path)}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def chroot_run(root: str, argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a program of the userland in it, with a clean environment (none of the host's PIP_* etc.)."""
+    return subprocess.run(["chroot", root, "/usr/bin/env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+                           f"HOME={GUEST_DIR}", "LANG=C.UTF-8", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ---- the userland --------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Userland:
+    suite: str
+    root: str
+    python: str   # "3.9.2"
+    glibc: str    # "2.31"
+    openssl: str  # "OpenSSL 1.1.1w  11 Sep 2023"
+
+    @property
+    def python_minor(self) -> str:
+        return ".".join(self.python.split(".")[:2])
+
+
+USERLAND_FACTS = ("import json, os, platform, ssl; print(json.dumps({'python': platform.python_version(), "
+                  "'glibc': os.confstr('CS_GNU_LIBC_VERSION').split()[-1], 'openssl': ssl.OPENSSL_VERSION}))")
+
+
+def userland(suite: str) -> Userland:
+    """The suite's userland, from the cache, or built with debootstrap when the package list changed."""
+    base = os.path.join(CACHE, "guests", suite)
+    root, stamp_path = os.path.join(base, "root"), os.path.join(base, "stamp.json")
+    wanted = {"suite": suite, "mirror": MIRROR, "variant": "minbase", "packages": sorted(USERLAND_PACKAGES)}
+    with _locked(base):
+        stamp = _read_json(stamp_path)
+        if stamp and stamp.get("built") == wanted and os.path.isfile(os.path.join(root, "usr/bin/python3")):
+            return Userland(suite, root, **stamp["facts"])
+        if not shutil.which("debootstrap"):
+            raise KernelTestError("debootstrap is missing: apt-get install debootstrap (make test-kernels does)")
+        new = root + ".new"
+        _remove_tree(new)
+        debootstrap_log = os.path.join(base, "debootstrap.log")
+        log(f"debootstrap {suite} (minbase + {' '.join(USERLAND_PACKAGES)}) into {root}; log: {debootstrap_log}")
+        started = time.monotonic()
+        with open(debootstrap_log, "w") as out:
+            done = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(USERLAND_PACKAGES)}",
+                                   f"--keyring={KEYRING}", suite, new, MIRROR], stdout=out, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise KernelTestError(f"debootstrap {suite} failed (exit {done.returncode}); the end of "
+                                  f"{debootstrap_log}:\n{_tail(debootstrap_log, 15)}")
+        for deb in glob.glob(os.path.join(new, "var", "cache", "apt", "archives", "*.deb")):
+            os.unlink(deb)
+        os.makedirs(new + GUEST_DIR, exist_ok=True)
+        facts = chroot_run(new, ["/usr/bin/python3", "-c", USERLAND_FACTS])
+        if facts.returncode != 0:
+            raise KernelTestError(f"the {suite} userland's python3 does not run:\n{facts.stderr}")
+        _remove_tree(root)
+        os.rename(new, root)
+        _write_json(stamp_path, {"built": wanted, "facts": json.loads(facts.stdout),
+                                 "seconds": round(time.monotonic() - started)})
+        log(f"built the {suite} userland in {time.monotonic() - started:.0f}s")
+    return userland(suite)
+
+
+# ---- what goes into the venv: the wheel's dependencies, the seed server --------------------------
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_requirements(wheel: str, python: str) -> list[str]:
+    """A wheel's run-time Requires-Dist (no extras), markers evaluated for that Python version."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pip's own copy, always there where pip is
+        from pip._vendor.packaging.requirements import Requirement
+    with zipfile.ZipFile(wheel) as z:
+        (name,) = [n for n in z.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
+        metadata = email.parser.Parser().parsestr(z.read(name).decode())
+    environment = {"python_version": ".".join(python.split(".")[:2]), "python_full_version": python, "extra": ""}
+    requirements = []
+    for spec in metadata.get_all("Requires-Dist") or []:
+        req = Requirement(spec)
+        if req.marker is None or req.marker.evaluate(environment):
+            req.marker = None
+            requirements.append(str(req))
+    return sorted(requirements)
+
+
+def dependency_wheels(wheel: str, land: Userland) -> str:
+    """A directory of binary wheels of the wheel's dependencies for the userland's Python, fetched once."""
+    return wheels_for(wheel_requirements(wheel, land.python), land, "")
+
+
+def wheels_for(requirements: list[str], land: Userland, purpose: str) -> str:
+    """A directory of binary wheels of `requirements` (and what they need) for the userland's Python,
+    fetched once per purpose ('' for the wheel's own dependencies)."""
+    name = f"cp{land.python_minor.replace('.', '')}" + (f"-{purpose}" if purpose else "")
+    directory = os.path.join(CACHE, "pypi", name)
+    wanted = {"python": land.python_minor, "platform": PIP_PLATFORM, "requirements": requirements,
+              "closure": "markers for the target"}  # the stamps of runs that missed typing-extensions differ
+    if (_read_json(os.path.join(directory, "stamp.json")) or {}).get("fetched") == wanted:
+        return directory
+    new = directory + ".new"
+    _remove_tree(new)
+    os.makedirs(new)
+    # pip download evaluates the dependencies' markers for the host's Python, not --python-version's
+    # (structlog needs typing-extensions below 3.11): add what the target needs until nothing is missing.
+    asked = list(requirements)
+    for _ in range(5):
+        if not asked:
+            break
+        log(f"pip download for Python {land.python_minor} ({PIP_PLATFORM}): {' '.join(asked)}")
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                               "--dest", new, "--only-binary=:all:", "--implementation", "cp",
+                               "--python-version", land.python_minor, "--platform", PIP_PLATFORM, *asked],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise KernelTestError(f"pip download of {' '.join(asked)} for Python {land.python_minor} "
+                                  f"failed:\n{done.stdout}{done.stderr}")
+        fetched = glob.glob(os.path.join(new, "*.whl"))
+        have = {_canonical(os.path.basename(path).split("-")[0]) for path in fetched}
+        missing = sorted({req for path in fetched for req in wheel_requirements(path, land.python)
+                          if _canonical(re.split(r"[\s\[<>=!~;]", req, 1)[0]) not in have} - set(asked))
+        if not missing:
+            break
+        asked += missing
+    _write_json(os.path.join(new, "stamp.json"), {"fetched": wanted, "asked": asked})
+    _remove_tree(directory)
+    os.rename(new, directory)
+    return directory
+
+
+def test_requirements(python: str) -> list[str]:
+    """The project's run-time dependencies and its test extra, markers evaluated for that Python."""
+    import tomllib
+
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        from pip._vendor.packaging.requirements import Requirement
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    environment = {"python_version": ".".join(python.split(".")[:2]), "python_full_version": python, "extra": ""}
+    chosen = []
+    for spec in project["dependencies"] + project["optional-dependencies"]["test"]:
+        req = Requirement(spec)
+        if req.marker is None or req.marker.evaluate(environment):
+            req.marker = None
+            chosen.append(str(req))
+    return sorted(chosen)
+
+
+def run_unit_tests(suite: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """tests/unit with the suite's own python3 (Debian 11: 3.9, the oldest httptrace supports), on the host
+    in a chroot: the source tree (with its built object and abi3 module) is copied into a scratch directory
+    bind-mounted into the userland, next to a venv made there from wheels fetched for that Python."""
+    land = userland(suite)
+    wheels = wheels_for(test_requirements(land.python), land, "test")
+    scratch = os.path.join(ARTIFACTS, f"unit-{suite}")
+    _remove_tree(scratch)
+    os.makedirs(scratch)
+    for part in ("httptrace", "tests", "bpf", "pyproject.toml"):
+        source, target = os.path.join(ROOT, part), os.path.join(scratch, "src", part)
+        if os.path.isdir(source):
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "artifacts", "cache"))
+        else:
+            shutil.copy(source, target)
+    shutil.copytree(wheels, os.path.join(scratch, "wheels"))
+    venv = f"{GUEST_DIR}/venv"
+    steps = (["/usr/bin/python3", "-m", "venv", venv],
+             [f"{venv}/bin/python", "-m", "pip", "install", "-q", "--no-index", "--no-cache-dir",
+              "--disable-pip-version-check", "--find-links", f"{GUEST_DIR}/wheels",
+              *test_requirements(land.python)],
+             ["/usr/bin/env", f"PYTHONPATH={GUEST_DIR}/src", f"{venv}/bin/python", "-m", "pytest", "-q",
+              "-p", "no:cacheprovider", f"{GUEST_DIR}/src/tests/unit"])
+    mount_point = land.root + GUEST_DIR
+    with _locked(os.path.dirname(land.root)):
+        subprocess.run(["mount", "--bind", scratch, mount_point], check=True)
+        try:
+            for argv in steps:
+                done = chroot_run(land.root, argv, timeout=timeout)
+                if done.returncode != 0:
+                    return done
+            return done
+        finally:
+            subprocess.run(["umount", mount_point], check=False)
+
+
+def seed_server() -> str:
+    """tests/e2e's Go seed server, built static (CGO_ENABLED=0: it runs in any userland), once per source."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(SEED_SOURCE)):
+        with open(os.path.join(SEED_SOURCE, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    out = os.path.join(CACHE, "seed-server", digest.hexdigest()[:16], "seed-server")
+    if os.path.exists(out):
+        return out
+    go = shutil.which("go")
+    if not go:
+        raise KernelTestError("go is missing (for the seed server): apt-get install golang-go (make test-kernels does)")
+    with tempfile.TemporaryDirectory(prefix="httptrace-seed-") as tmp:
+        built = os.path.join(tmp, "seed-server")
+        env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="", GOPROXY="off", GOPATH=os.path.join(tmp, "gopath"),
+                   GOCACHE=os.path.join(CACHE, "gocache"))
+        done = subprocess.run([go, "build", "-o", built, "."], cwd=SEED_SOURCE, env=env, capture_output=True,
+                              text=True, timeout=600)
+        if done.returncode != 0:
+            raise KernelTestError(f"go build of the seed server failed:\n{done.stderr}")
+        if not is_static(built):
+            raise KernelTestError("the seed server came out dynamically linked despite CGO_ENABLED=0")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        shutil.move(built, out)
+    return out
 
 
 # ---- initramfs -----------------------------------------------------------------------------------
@@ -217,12 +584,9 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 0) -> bytes:
 
 
 def build_initramfs(kernel: Kernel, config: dict[str, str], path: str) -> None:
-    from elftools.elf.elffile import ELFFile
-
+    if not is_static(BUSYBOX):
+        raise KernelTestError(f"{BUSYBOX} is dynamically linked: install busybox-static")
     with open(BUSYBOX, "rb") as f:
-        if any(seg["p_type"] == "PT_INTERP" for seg in ELFFile(f).iter_segments()):
-            raise KernelTestError(f"{BUSYBOX} is dynamically linked: install busybox-static")
-        f.seek(0)
         busybox = f.read()
     with open(os.path.join(HERE, "init.sh"), "rb") as f:
         init = f.read()
@@ -242,45 +606,77 @@ def build_initramfs(kernel: Kernel, config: dict[str, str], path: str) -> None:
 # ---- the scratch directory -----------------------------------------------------------------------
 
 GUEST_SH = """#!/bin/sh
-# Run by init.sh inside the guest, chrooted into the host's / (read-only) with this directory read-write.
-cd "{scratch}"
-export PATH="{scratch}/venv/bin:$PATH"
-echo "httptrace-guest: python $(python -c 'import sys; print(sys.version.split()[0])')"
+# Run by init.sh inside the guest, chrooted into the Debian {suite} userland (read-only); this directory
+# is {dir} there (read-write).
+cd {dir}
+export PATH="{dir}/venv/bin:$PATH" NO_COLOR=1
+echo "httptrace-guest: Debian {suite} userland, python $(python -c 'import platform; print(platform.python_version())')"
 {command}
 """
-GUEST_CHECK = 'exec python -u "{scratch}/guest_check.py" --out "{scratch}"'
+GUEST_CHECK = "exec python -u {dir}/guest_check.py --out {dir} --family {family} --seed-server {dir}/seed-server"
 
 
-def host_python() -> str:
-    """The system python the venv is made from: the guest runs it from the host's / as it is."""
-    base = getattr(sys, "_base_executable", sys.executable)
-    return os.path.realpath(base)
-
-
-def prepare_scratch(wheel: str, scratch: str, command: str | None = None) -> None:
-    shutil.rmtree(scratch, ignore_errors=True)
-    os.makedirs(scratch)
-    venv = os.path.join(scratch, "venv")
-    subprocess.run([host_python(), "-m", "venv", venv], check=True)
-    pip = subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q",
-                          "--disable-pip-version-check", wheel], capture_output=True, text=True)
-    if pip.returncode != 0:
-        raise KernelTestError(f"pip install {wheel} failed:\n{pip.stdout}{pip.stderr}")
+def prepare_scratch(guest: Guest, land: Userland, wheel: str, scratch: str, command: str | None = None) -> None:
+    _remove_tree(scratch)
+    wheels = os.path.join(scratch, "wheels")
+    os.makedirs(wheels)
+    for path in glob.glob(os.path.join(dependency_wheels(wheel, land), "*.whl")) + [wheel]:
+        shutil.copy(path, wheels)
+    shutil.copy(seed_server(), os.path.join(scratch, "seed-server"))
     shutil.copyfile(os.path.join(HERE, "guest_check.py"), os.path.join(scratch, "guest_check.py"))
     with open(os.path.join(scratch, "guest.sh"), "w") as f:
-        f.write(GUEST_SH.format(scratch=scratch, command=command or GUEST_CHECK.format(scratch=scratch)))
+        f.write(GUEST_SH.format(suite=guest.suite, dir=GUEST_DIR, command=command or GUEST_CHECK.format(
+            dir=GUEST_DIR, family=guest.family)))
+    install_venv(land, wheel, scratch)
+    shutil.rmtree(wheels)
+
+
+def install_venv(land: Userland, wheel: str, scratch: str) -> None:
+    """The venv, made by the userland's python3 and pip on the host (chroot, same arch: much faster than
+    in the emulated guest), in the scratch directory bind-mounted where the guest will mount it."""
+    mount_point = land.root + GUEST_DIR
+    venv = f"{GUEST_DIR}/venv"
+    steps = (("python3 -m venv", ["/usr/bin/python3", "-m", "venv", venv]),
+             ("pip install", [f"{venv}/bin/python", "-m", "pip", "install", "-q", "--no-index", "--no-cache-dir",
+                              "--disable-pip-version-check", "--find-links", f"{GUEST_DIR}/wheels",
+                              f"{GUEST_DIR}/wheels/{os.path.basename(wheel)}"]))
+    with _locked(os.path.dirname(land.root)):
+        for point in sorted(_mounts_under(mount_point), reverse=True):  # left by a killed run
+            subprocess.run(["umount", "-l", point], check=False)
+        subprocess.run(["mount", "--bind", scratch, mount_point], check=True)
+        try:
+            for what, argv in steps:
+                done = chroot_run(land.root, argv)
+                if done.returncode != 0:
+                    raise KernelTestError(_install_problem(what, land, wheel, done.stdout + done.stderr))
+        finally:
+            subprocess.run(["umount", mount_point], check=False)
+
+
+def _install_problem(what: str, land: Userland, wheel: str, output: str) -> str:
+    name = os.path.basename(wheel)
+    tag = "-".join(name[:-len(".whl")].split("-")[-3:])
+    problem = (f"{what} in the Debian {land.suite} userland (Python {land.python}, glibc {land.glibc}) "
+               f"failed for {name}")
+    if "is not a supported wheel" in output or "requires a different Python" in output:
+        cp = "cp" + land.python_minor.replace(".", "")
+        problem += (f": the wheel is tagged {tag}, which pip of Python {land.python} with glibc {land.glibc} "
+                    f"does not accept (it takes {cp}-{cp}, or abi3 from cp3X up to {cp}, on manylinux_2_Y "
+                    f"up to manylinux_{land.glibc.replace('.', '_')}; and the wheel's Requires-Python)")
+    lines = [line for line in output.splitlines() if line.strip()]
+    return problem + "\n" + "\n".join(lines[-12:])
 
 
 # ---- booting -------------------------------------------------------------------------------------
 
-def qemu_command(kernel: Kernel, initramfs: str, scratch: str, cpus: int, memory_mb: int) -> list[str]:
+def qemu_command(kernel: Kernel, initramfs: str, root: str, scratch: str, cpus: int, memory_mb: int) -> list[str]:
     return [
         QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
         "-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio",
         "-kernel", kernel.vmlinuz, "-initrd", initramfs,
         "-append", "console=ttyS0 rdinit=/init panic=-1 oops=panic loglevel=4 random.trust_cpu=on mitigations=off",
-        "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-        "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+        "-fsdev", f"local,id=userland,path={root},security_model=none,readonly=on,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=userland,mount_tag=userland",
         "-fsdev", f"local,id=scratch,path={scratch},security_model=none,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=scratch,mount_tag=scratch",
     ]
@@ -288,21 +684,24 @@ def qemu_command(kernel: Kernel, initramfs: str, scratch: str, cpus: int, memory
 
 @dataclasses.dataclass
 class Outcome:
-    package: str
+    guest: Guest
+    package: str = ""
     release: str = ""
     ok: bool = False
-    seconds: float = 0.0
+    prepare_seconds: float = 0.0  # on the host: caches, venv
+    seconds: float = 0.0          # in QEMU, boot to power-off
     problem: str = ""
-    artifacts: str = ""
+    artifacts: str = ARTIFACTS
     result: dict | None = None
 
 
-def boot(kernel: Kernel, scratch: str, timeout: int, echo: bool) -> tuple[int | None, float]:
+def boot(kernel: Kernel, land: Userland, scratch: str, timeout: int, echo: bool) -> tuple[int | None, float]:
     """Boot the guest; returns (guest.sh exit status or None when it never finished, seconds)."""
     initramfs = os.path.join(scratch, "initramfs.cpio")
-    build_initramfs(kernel, {"SCRATCH": scratch, "MODULES": " ".join(_module_name(m) for m in kernel.modules),
+    build_initramfs(kernel, {"SCRATCH": GUEST_DIR, "TMPFS": " ".join(GUEST_TMPFS),
+                             "MODULES": " ".join(_module_name(m) for m in kernel.modules),
                              "TIMEOUT": str(max(30, timeout - 30))}, initramfs)
-    cmd = qemu_command(kernel, initramfs, scratch, cpus=min(2, os.cpu_count() or 1), memory_mb=2048)
+    cmd = qemu_command(kernel, initramfs, land.root, scratch, cpus=min(2, os.cpu_count() or 1), memory_mb=2048)
     console = os.path.join(scratch, "console.log")
     with open(os.path.join(scratch, "qemu-command.txt"), "w") as f:
         f.write(" ".join(cmd) + "\n")
@@ -345,25 +744,32 @@ def _tail(path: str, lines: int = 40) -> str:
         with open(path, errors="replace") as f:
             text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|c)|\r", "", f.read())  # the firmware's terminal codes
     except OSError:
-        return "(no console log)"
+        return f"(no {os.path.basename(path)})"
     return "\n".join(text.splitlines()[-lines:])
 
 
-def run_kernel(entry: str, wheel: str, timeout: int = DEFAULT_TIMEOUT, echo: bool = True,
-               command: str | None = None) -> Outcome:
-    """Boot one kernel and run guest_check.py (or `command`, a shell line, in the scratch directory)."""
-    outcome = Outcome(entry, artifacts=ARTIFACTS)
+def run_guest(guest: Guest, wheel: str, timeout: int = DEFAULT_TIMEOUT, echo: bool = True,
+              command: str | None = None) -> Outcome:
+    """Boot one guest and run guest_check.py (or `command`, a shell line, in the scratch directory)."""
+    outcome = Outcome(guest)
+    started = time.monotonic()
     try:
-        outcome.package = package = resolve_package(entry)
-        outcome.artifacts = scratch = os.path.join(ARTIFACTS, package)
-        kernel = fetch_kernel(package)
+        if os.geteuid() != 0:
+            raise KernelTestError("tests/kernels runs as root: debootstrap, chroot and mount need it")
+        outcome.package = package = resolve_package(guest)
+        outcome.artifacts = scratch = os.path.join(ARTIFACTS, f"{guest.suite}-{package}")
+        kernel = fetch_kernel(package, suite_apt(guest.suite))
         outcome.release = kernel.release
-        log(f"{entry} -> {package} ({kernel.release}); scratch and artifacts in {os.path.relpath(scratch, ROOT)}")
-        prepare_scratch(wheel, scratch, command)
-        status, outcome.seconds = boot(kernel, scratch, timeout, echo)
+        land = userland(guest.suite)
+        log(f"{guest} -> {package} ({kernel.release}) with Debian {guest.suite} (Python {land.python}, "
+            f"glibc {land.glibc}, {land.openssl}); artifacts in {os.path.relpath(scratch, ROOT)}")
+        prepare_scratch(guest, land, wheel, scratch, command)
+        outcome.prepare_seconds = time.monotonic() - started
+        status, outcome.seconds = boot(kernel, land, scratch, timeout, echo)
     except KernelTestError as exc:
         outcome.problem = str(exc)
-        return outcome
+        outcome.prepare_seconds = time.monotonic() - started
+        return _kept(outcome)
     result_path = os.path.join(scratch, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
@@ -383,9 +789,19 @@ def run_kernel(entry: str, wheel: str, timeout: int = DEFAULT_TIMEOUT, echo: boo
             outcome.problem += f"\nthe verifier's log of the failed load: {os.path.join(scratch, 'verifier.log')}"
     else:
         outcome.ok = True
-    if outcome.ok:  # keep the logs, not the 30 MB venv (failures keep both, to rerun qemu-command.txt)
+    if outcome.ok:  # keep the logs, not the venv (failures keep both, to rerun qemu-command.txt)
         shutil.rmtree(os.path.join(scratch, "venv"), ignore_errors=True)
         os.unlink(os.path.join(scratch, "initramfs.cpio"))
+    return _kept(outcome)
+
+
+def _kept(outcome: Outcome) -> Outcome:
+    """outcome.json in the artifacts: the verdict and the times, also for a guest that never booted."""
+    if os.path.isdir(outcome.artifacts) and outcome.artifacts != ARTIFACTS:
+        summary = {"guest": str(outcome.guest), "package": outcome.package, "release": outcome.release,
+                   "ok": outcome.ok, "host_seconds": round(outcome.prepare_seconds, 1),
+                   "guest_seconds": round(outcome.seconds, 1), "problem": outcome.problem}
+        _write_json(os.path.join(outcome.artifacts, "outcome.json"), summary)
     return outcome
 
 
@@ -402,12 +818,27 @@ def find_wheel() -> str:
     return wheels[0]
 
 
+def select_guests(listed: list[Guest], wanted: list[str]) -> list[Guest]:
+    """--guest: a whole kernels.txt line, or a word picking the listed guests whose line contains it."""
+    chosen = []
+    for want in wanted:
+        if len(want.split()) == 3:
+            chosen.append(parse_guest(want, "--guest "))
+            continue
+        matches = [g for g in listed if want in str(g).split() or want in g.kernel]
+        if not matches:
+            raise SystemExit(f"--guest {want!r}: no line of kernels.txt has it (or give 'PACKAGE SUITE FAMILY')")
+        chosen += matches
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wheel", help="the wheel to test (default: build it with make wheel)")
-    parser.add_argument("--kernels", default=KERNELS_FILE, help="list of kernel packages (default: %(default)s)")
-    parser.add_argument("--kernel", action="append", metavar="PACKAGE",
-                        help="boot this package (an entry as in kernels.txt) instead of the list; repeatable")
+    parser.add_argument("--kernels", default=KERNELS_FILE, help="list of guests (default: %(default)s)")
+    parser.add_argument("--guest", action="append", metavar="LINE",
+                        help="run this guest, a line as in kernels.txt ('PACKAGE SUITE FAMILY'), or the listed "
+                             "guests whose line has this word (a suite, a package); repeatable")
     parser.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, help="seconds per guest")
     parser.add_argument("--quiet", action="store_true", help="do not echo the guest console")
     parser.add_argument("--guest-command", metavar="SHELL",
@@ -415,21 +846,25 @@ def main(argv: list[str] | None = None) -> int:
                              "the wheel's venv is first on PATH, the cwd is the scratch directory)")
     args = parser.parse_args(argv)
     if not shutil.which(QEMU):
-        log(f"{QEMU} is missing: apt-get install qemu-system-x86 busybox-static (make test-kernels does)")
+        log(f"{QEMU} is missing: apt-get install qemu-system-x86 busybox-static debootstrap (make test-kernels does)")
         return 2
+    listed = read_guest_list(args.kernels)
+    guests = select_guests(listed, args.guest) if args.guest else listed
     wheel = args.wheel or build_wheel()
-    entries = args.kernel or read_kernel_list(args.kernels)
     outcomes = []
-    for entry in entries:
-        outcome = run_kernel(entry, wheel, args.timeout, echo=not args.quiet, command=args.guest_command)
+    for guest in guests:
+        outcome = run_guest(guest, wheel, args.timeout, echo=not args.quiet, command=args.guest_command)
         outcomes.append(outcome)
-        verdict = "PASS" if outcome.ok else "FAIL"
-        log(f"{verdict} {outcome.package} ({outcome.release}) in {outcome.seconds:.0f}s; "
+        log(f"{'PASS' if outcome.ok else 'FAIL'} {guest.suite} {outcome.package} ({outcome.release}): "
+            f"{outcome.prepare_seconds:.0f}s on the host, {outcome.seconds:.0f}s in the guest; "
             f"artifacts: {os.path.relpath(outcome.artifacts, ROOT)}")
         if outcome.problem:
             log(outcome.problem)
     passed = sum(o.ok for o in outcomes)
-    print(f"kernels: {passed} passed, {len(outcomes) - passed} failed")
+    print(f"guests: {passed} passed, {len(outcomes) - passed} failed")
+    for o in outcomes:
+        print(f"  {'PASS' if o.ok else 'FAIL'} {o.guest.suite:9} {o.release or o.guest.kernel:24} "
+              f"{o.guest.family:7} host {o.prepare_seconds:4.0f}s  guest {o.seconds:4.0f}s")
     return 0 if outcomes and passed == len(outcomes) else 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -15,9 +16,9 @@ import threading
 import time
 
 import pytest
-import structlog
 
 from httptrace import cli
+from httptrace._log import get_logger
 from httptrace.errors import EnvironmentProblem, LibbpfError
 from httptrace.exchange import Flag, Role
 
@@ -71,11 +72,11 @@ class FakeTracer:
 
 @pytest.fixture(autouse=True)
 def restore_logging():
-    """main() configures structlog for the process; give the other tests theirs back."""
-    saved = structlog.get_config()
+    """main() configures the `httptrace` logger for the process; give the other tests theirs back."""
+    logger = logging.getLogger("httptrace")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
     yield
-    structlog.reset_defaults()
-    structlog.configure(**saved)
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture
@@ -477,7 +478,7 @@ def test_check_with_a_problem_exits_1(capsys, monkeypatch):
 def test_logging_is_json_when_not_a_terminal():
     stream = io.StringIO()
     cli.configure_logging("warning", stream)
-    logger = structlog.get_logger("t")
+    logger = get_logger("httptrace.test")
     logger.info("hidden")
     logger.warning("shown", key=1)
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -493,7 +494,7 @@ def test_logging_is_readable_on_a_terminal(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     stream = Terminal()
     cli.configure_logging("debug", stream)
-    structlog.get_logger("t").debug("hello", who="sre")
+    get_logger("httptrace.test").debug("hello", who="sre")
     text = stream.getvalue()
     assert "hello" in text and "who=sre" in text and not text.startswith("{")
 

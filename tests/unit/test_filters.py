@@ -6,7 +6,7 @@ import pytest
 
 from httptrace.exchange import Role
 from httptrace.filters import (
-    ExchangeFilter, FilterSpecError, build_filter, compile_path_regex, parse_methods, parse_role,
+    ExchangeFilter, FilterSpecError, build_filter, compile_path_regex, parse_grpc_statuses, parse_methods, parse_role,
     parse_statuses, split_list,
 )
 
@@ -33,10 +33,18 @@ def test_parse_statuses(spec, exact, classes):
     assert parse_statuses(spec) == (exact, classes)
 
 
-@pytest.mark.parametrize("bad", ["6xx", "99", "5x", "abc", "1000", "050", "5xxx"])
+@pytest.mark.parametrize("bad", ["6xx", "99", "5x", "abc", "1000", "050", "5xxx", "grpc:", "grpc:x", "grpc:1000"])
 def test_parse_statuses_rejects(bad):
     with pytest.raises(FilterSpecError, match=re.escape(repr(bad))):
         parse_statuses([bad])
+
+
+def test_grpc_statuses_sit_beside_http_ones():
+    assert parse_statuses(["grpc:14,404", "GRPC:0"]) == ({404}, set())
+    assert parse_grpc_statuses(["grpc:14,404", "GRPC:0"]) == {14, 0}
+    assert not build_filter(statuses=["grpc:0"]).accepts_everything
+    # An HTTP/1 exchange has no gRPC status: a grpc-only filter drops it.
+    assert not build_filter(statuses=["grpc:0"])(make_exchange())
 
 
 def test_bad_regex_is_a_filter_error():

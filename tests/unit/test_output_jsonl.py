@@ -16,10 +16,11 @@ from hypothesis import given, settings, strategies as st
 
 from .test_output_common import exchanges, make_exchange, make_request, make_response
 
-TOP_LEVEL_ORDER = ("time", "pid", "comm", "role", "local", "remote", "tls", "latency_ms", "request", "response", "flags")
+TOP_LEVEL_ORDER = ("time", "pid", "comm", "role", "local", "remote", "tls", "latency_ms", "request", "response", "flags",
+                   "stream_id", "reset_code", "grpc")
 TOP_LEVEL = set(TOP_LEVEL_ORDER)
-REQUEST = {"method", "target", "version", "headers", "body", "body_encoding", "body_size", "truncated"}
-RESPONSE = {"status", "reason", "version", "headers", "body", "body_encoding", "body_size", "truncated"}
+REQUEST = {"method", "target", "version", "headers", "body", "body_encoding", "body_size", "truncated", "trailers"}
+RESPONSE = {"status", "reason", "version", "headers", "body", "body_encoding", "body_size", "truncated", "trailers"}
 
 
 def roundtrip(exchange, redactor=None, include_bodies=True) -> dict:
@@ -196,3 +197,52 @@ def test_a_header_that_looks_like_the_placeholder_does_not_confuse_the_splice():
     writer.write(exchange)
     writer.close()
     assert json.loads(stream.buffer.getvalue()) == json.loads(exchange_to_json(exchange, Redactor()))
+
+
+# --- Exchange.to_dict(): the same record, for Python callers --------------------------------------
+
+def cli_line(exchange, *args: str) -> dict:
+    """What `httptrace --format json ARGS` writes for `exchange`, parsed back."""
+    from httptrace import cli
+
+    options = cli.parse_args(["--format", "json", *args])
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    writer = make_writer("json", stream, OutputOptions(redactor=Redactor(options.redact, enabled=not options.no_redact),
+                                                      include_bodies=options.include_bodies))
+    writer.write(exchange)
+    writer.close()
+    return json.loads(stream.buffer.getvalue())
+
+
+SECRETS = (("Authorization", "Bearer s3cr3t"), ("Cookie", "sid=abc123"), ("X-Api-Key", "k3y"))
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((), {}),
+    (("--redact", "x-api-key"), {"redact": ["X-API-Key"]}),
+    (("--no-redact",), {"unredacted": True}),
+    (("--no-body",), {"include_bodies": False}),
+])
+def test_to_dict_is_the_cli_record(args, kwargs):
+    exchange = make_exchange(request=make_request(method="POST", headers=(("Host", "h"), *SECRETS), body=b"\xff\x00"),
+                             flags=[Flag.GAP])
+    record = exchange.to_dict(**kwargs)
+    assert record == cli_line(exchange, *args)
+    headers = dict(record["request"]["headers"])
+    assert (headers["Authorization"] == "Bearer s3cr3t") == ("--no-redact" in args)
+    assert (headers["X-Api-Key"] == "[REDACTED]") == ("--redact" in args)
+    assert (record["request"]["body"] is None) == ("--no-body" in args)
+
+
+def test_to_dict_gives_fresh_json_types():
+    exchange = make_exchange()
+    first, second = exchange.to_dict(), exchange.to_dict()
+    assert type(first["request"]["headers"][0]) is list   # as json.loads gives it, not a tuple
+    first["local"]["port"] = 1                             # one record's change stays in that record
+    assert second["local"]["port"] == 51234 and exchange.to_dict()["local"]["port"] == 51234
+
+
+@settings(max_examples=60)
+@given(exchange=exchanges())
+def test_to_dict_matches_the_line_for_any_exchange(exchange):
+    assert exchange.to_dict() == json.loads(exchange_to_json(exchange, Redactor()))

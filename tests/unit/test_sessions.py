@@ -549,8 +549,8 @@ def test_orphan_101_makes_the_whole_connection_opaque():
 
 
 def test_too_many_pending_requests_are_evicted_as_incomplete(monkeypatch):
-    from httptrace import sessions
-    monkeypatch.setattr(sessions, "MAX_PENDING_REQUESTS", 3)
+    from httptrace import h1pairing
+    monkeypatch.setattr(h1pairing, "MAX_PENDING_REQUESTS", 3)
     r = Reassembler()
     wire = Wire(r)
     wire.request(b"".join(b"GET /%d HTTP/1.1\r\n\r\n" % n for n in range(5)))

@@ -1,11 +1,13 @@
 """A Python ThreadingHTTPServer for the e2e tests (HTTP/1.1, keep-alive).
 
     GET  /size/N   -> N bytes of a repeating pattern, Content-Length framed
+    GET  /sleep/MS -> "slept\n" after MS milliseconds (a slow request)
     POST /echo     -> reads the Content-Length body, answers its length and the first 32 bytes
     anything else  -> 404
 Usage: py_server.py PORT [HOST]
 """
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -30,6 +32,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/size/"):
             self.reply(200, pattern(int(self.path[len("/size/"):])))
+        elif self.path.startswith("/sleep/"):
+            time.sleep(int(self.path[len("/sleep/"):]) / 1000)
+            self.reply(200, b"slept\n", "text/plain")
         else:
             self.reply(404, b"not found\n", "text/plain")
 

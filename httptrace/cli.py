@@ -33,6 +33,7 @@ from httptrace.redact import DEFAULT_REDACTED_HEADERS, Redactor
 if TYPE_CHECKING:
     from httptrace.checks import CheckResult
     from httptrace.exchange import Exchange
+    from httptrace.gotls import GoProgram
     from httptrace.output import ExchangeWriter
     from httptrace.tracer import Tracer
 
@@ -300,7 +301,7 @@ def _run_checks(programs: str | None = None) -> list[CheckResult]:
                       CheckResult("go tls", True, _describe_go_programs(go_programs))]
 
 
-def _describe_go_programs(programs: list) -> str:
+def _describe_go_programs(programs: list["GoProgram"]) -> str:
     """Go programs running now: which are probed, which are not and why (gotls.GoProgram)."""
     if not programs:
         return "no Go programs running"

@@ -15,7 +15,7 @@ import mmap
 import re
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
 # pclntab magic -> the first Go version that wrote that layout.
@@ -66,7 +66,7 @@ def parse_version(text: str) -> Optional[Tuple[int, int]]:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
-def _uvarint(data, at: int) -> Tuple[int, int]:
+def _uvarint(data: bytes, at: int) -> Tuple[int, int]:
     value = shift = 0
     while True:
         if at >= len(data) or shift > 63:
@@ -84,6 +84,8 @@ class GoBinary:
 
     def __init__(self, path: str):
         self.path = path
+        self._image: Optional[mmap.mmap] = None
+        self._pclntab: Optional[Pclntab] = None
         with open(path, "rb") as f:
             try:
                 self._image = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -98,7 +100,6 @@ class GoBinary:
         except BaseException:
             self.close()
             raise
-        self._pclntab = None
 
     def close(self) -> None:
         if self._image is not None:
@@ -108,13 +109,13 @@ class GoBinary:
     def __enter__(self) -> "GoBinary":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ---- ELF headers -------------------------------------------------------------------------
 
     def _read_headers(self) -> None:
-        img = self._image
+        img = self.image
         if img[:4] != b"\x7fELF":
             raise NotGo("not an ELF file")
         if img[4] != 2 or img[5] != 1:
@@ -140,14 +141,14 @@ class GoBinary:
 
     def section_bytes(self, name: str) -> Optional[bytes]:
         s = self.sections.get(name)
-        return self._image[s.offset:s.offset + s.size] if s else None
+        return self.image[s.offset:s.offset + s.size] if s else None
 
     def read(self, vaddr: int, size: int) -> bytes:
         """`size` bytes at a virtual address, from the file image of the segment holding them."""
         for seg in self.segments:
             if seg.vaddr <= vaddr and vaddr + size <= seg.vaddr + seg.filesz:
                 at = vaddr - seg.vaddr + seg.offset
-                return self._image[at:at + size]
+                return self.image[at:at + size]
         raise NotGo(f"address {vaddr:#x} is not in the file")
 
     def file_offset(self, vaddr: int) -> int:
@@ -162,10 +163,10 @@ class GoBinary:
 
     def _buildinfo(self) -> bytes:
         s = self.sections.get(".go.buildinfo")
-        if s is not None and self._image[s.offset:s.offset + 14] == BUILDINFO_MAGIC:
-            return self._image[s.offset:s.offset + min(s.size, 4096)]
+        if s is not None and self.image[s.offset:s.offset + 14] == BUILDINFO_MAGIC:
+            return self.image[s.offset:s.offset + min(s.size, 4096)]
         # No section headers to go by: the blob is at a 16-byte boundary of the first writable segment.
-        img = self._image
+        img = self.image
         for seg in self.segments:
             if seg.flags & PF_W:
                 at = img.find(BUILDINFO_MAGIC, seg.offset, seg.offset + seg.filesz)
@@ -227,10 +228,10 @@ class GoBinary:
         values = [sym[4] for sym in self._symbols_named(name) if sym[3]]
         return values[0] if values else None
 
-    def _symbols_named(self, name: str):
+    def _symbols_named(self, name: str) -> Iterator[Tuple[int, int, int, int, int, int]]:
         """Symbols whose name is `name`: the name's offset in .strtab, then the 4-byte st_name fields
         equal to it (a byte search in C, not a walk over tens of thousands of symbols in Python)."""
-        img, symtab, strtab = self._image, self.sections[".symtab"], self.sections[".strtab"]
+        img, symtab, strtab = self.image, self.sections[".symtab"], self.sections[".strtab"]
         s_end, t_end = strtab.offset + strtab.size, symtab.offset + symtab.size
         wanted = b"\0" + name.encode() + b"\0"
         at = img.find(wanted, strtab.offset, s_end)
@@ -250,6 +251,12 @@ class GoBinary:
         if self._pclntab is None:
             self._pclntab = Pclntab.locate(self)
         return self._pclntab
+
+    @property
+    def image(self) -> mmap.mmap:
+        if self._image is None:
+            raise ValueError("closed")
+        return self._image
 
     def text_base(self) -> int:
         """Where the functions' offsets in pclntab count from: runtime.text, else pclntab's textStart,
@@ -273,14 +280,15 @@ class Pclntab:
         self.binary = binary
         self.at = at          # file offset of the header
         self.vaddr = vaddr    # its virtual address
-        img = binary._image
+        img = binary.image
         magic = _U32.unpack_from(img, at)[0]
-        self.layout = PCLNTAB_MAGICS.get(magic)
-        if self.layout is None or self.layout < (1, 16):
+        layout = PCLNTAB_MAGICS.get(magic)
+        if layout is None or layout < (1, 16):
             raise NotGo(f"pclntab layout {magic:#x} is too old (Go < 1.16)")
+        self.layout: Tuple[int, int] = layout
         if img[at + 7] != 8:
             raise NotGo("pclntab is not 64-bit")
-        words = struct.unpack_from("<8Q", img, at + 8)
+        words: Tuple[int, ...] = struct.unpack_from("<8Q", img, at + 8)
         self.nfunc = words[0]
         if self.layout >= (1, 18):
             # nfunc, nfiles, textStart, funcnametab, cutab, filetab, pctab, pclntab (functab + _func)
@@ -307,7 +315,7 @@ class Pclntab:
             s = binary.sections.get(name)
             if s is not None:
                 return cls(binary, s.offset, s.addr)
-        img = binary._image
+        img = binary.image
         for name in (".data.rel.ro", ".rodata"):
             s = binary.sections.get(name)
             if s is None:
@@ -324,7 +332,7 @@ class Pclntab:
         raise NotGo("no pclntab")
 
     def _name_offsets(self, name: str) -> List[int]:
-        img, wanted = self.binary._image, name.encode() + b"\0"
+        img, wanted = self.binary.image, name.encode() + b"\0"
         offsets, at = [], img.find(b"\0" + wanted, self.names_at - 1, self.functab_at)
         while at >= 0:
             offsets.append(at + 1 - self.names_at)
@@ -334,7 +342,7 @@ class Pclntab:
     def functions(self, names: List[str]) -> Dict[str, Function]:
         """By name: the name's offset in funcnametab, then the _func records that point at it (found by
         searching for that offset, each checked against functab), not a walk over every function."""
-        img = self.binary._image
+        img = self.binary.image
         found = {}
         base = self.binary.text_base() if self.layout >= (1, 18) else 0
         name_field = 4 if self._entry_size == 4 else 8   # _func: entry (u32 | uintptr), then nameOff (i32)
@@ -359,7 +367,7 @@ class Pclntab:
         """The functab index whose _func record is at file offset `func_at`, or None (a false hit)."""
         if func_at < self.functab_at:
             return None
-        img = self.binary._image
+        img = self.binary.image
         entry = (_U32 if self._entry_size == 4 else _U64).unpack_from(img, func_at)[0]
         index = bisect.bisect_left(self._starts, entry)
         while index < self.nfunc and self._starts[index] == entry:

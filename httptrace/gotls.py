@@ -17,14 +17,16 @@ import os
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
-
-import structlog
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from . import events
+from ._log import get_logger
 from .goelf import EM_X86_64, Function, GoBinary, NotGo
 
-log = structlog.get_logger("httptrace.gotls")
+if TYPE_CHECKING:
+    from .libbpf import BpfObject
+
+log = get_logger("httptrace.gotls")
 
 MIN_VERSION = (1, 17)   # amd64 register ABI; older Go passes arguments on the stack
 WRITE, READ = "crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read"
@@ -54,13 +56,17 @@ class DecodeError(Exception):
     pass
 
 
+def _disassembler() -> Any:
+    import capstone  # type: ignore[import-untyped]  # imported here: only Go programs need it
+
+    return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+
+
 def find_returns(code: bytes, address: int) -> List[int]:
     """Addresses of the RET instructions in `code` (a function's bytes, loaded at `address`), by
     decoding every instruction from the first. Raises DecodeError if any byte does not decode: a
     probe in the middle of an instruction would corrupt it."""
-    import capstone
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md = _disassembler()
     returns, decoded = [], 0
     for at, size, mnemonic, _ in md.disasm_lite(code, address):
         decoded += size
@@ -80,9 +86,7 @@ def arguments_spilled(code: bytes, address: int) -> bool:
     """Does the function store its first two arguments in their spill slots (above the return address)
     in its straight-line prologue, before any branch, call or RET, i.e. on every path that returns? Then
     they are still there at each RET, for a call whose entry we did not see."""
-    import capstone
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md = _disassembler()
     frame, framed, stored = 0, False, set()
     for _, _, mnemonic, op_str in md.disasm_lite(code, address):
         if not framed:   # the stack check (cmp, jbe to morestack) comes before the frame is made
@@ -105,16 +109,16 @@ def arguments_spilled(code: bytes, address: int) -> bool:
     return stored == set(_ARGUMENT_REGISTERS)
 
 
-def _member_offset(die) -> Optional[int]:
+def _member_offset(die: Any) -> Optional[int]:
     location = die.attributes.get("DW_AT_data_member_location")
     if location is None:
         return None
     value = location.value
     if isinstance(value, int):
-        return value
+        return int(value)
     if isinstance(value, list) and value and value[0] == 0x23:   # DW_OP_plus_uconst, ULEB128 operand
         result = shift = 0
-        for byte in value[1:]:
+        for byte in map(int, value[1:]):
             result |= (byte & 0x7F) << shift
             shift += 7
             if byte < 0x80:
@@ -141,7 +145,9 @@ def dwarf_offsets(path: str) -> Optional[Dict[str, int]]:
             dwarf = elf.get_dwarf_info()
             if dwarf.debug_info_sec is None:   # e.g. only the C parts' .debug_frame
                 return None
-            info = dwarf.debug_info_sec.stream.getvalue()
+            stream = dwarf.debug_info_sec.stream   # decompressed if need be
+            stream.seek(0)
+            info = stream.read()
             for type_name, members in _DWARF_MEMBERS.items():
                 for die in _struct_dies(dwarf, info, type_name):
                     for child in die.iter_children():
@@ -166,7 +172,7 @@ def dwarf_offsets(path: str) -> Optional[Dict[str, int]]:
         return None
 
 
-def _struct_dies(dwarf, info: bytes, name: str):
+def _struct_dies(dwarf: Any, info: bytes, name: str) -> Iterator[Any]:
     """Struct entries named `name`, from the places its name occurs in .debug_info."""
     wanted = name.encode() + b"\0"
     at = info.find(wanted)
@@ -275,7 +281,7 @@ def _offsets_value(offsets: Dict[str, int], read_args_spilled: bool = False) -> 
 class GoTlsProbes:
     """Probes Go programs for one loaded BpfObject. Not thread-safe: tls.TlsProbes serialises calls."""
 
-    def __init__(self, obj, compat: bool = False):
+    def __init__(self, obj: "BpfObject", compat: bool = False):
         """compat: the compat family of programs is loaded (else the fast one)."""
         self._obj = obj
         self._prefix = "compat_" if compat else ""

@@ -27,6 +27,7 @@ from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 if TYPE_CHECKING:
     import asyncio
 
+    from .gotls import GoProgram
     from .sessions import Reassembler
     from .tls import TlsProbes
 
@@ -209,7 +210,7 @@ class Tracer:
         return list(self._tls.libraries) if self._tls else []
 
     @property
-    def go_programs(self) -> list:
+    def go_programs(self) -> list["GoProgram"]:
         """The Go executables seen (gotls.GoProgram: path, probed, detail), in the order found."""
         return list(self._tls.go.programs) if self._tls else []
 

@@ -188,7 +188,7 @@ def test_arguments_spilled_only_in_the_straight_line_prologue(code, spilled):
 class _Image:
     """Just enough of a GoBinary for Pclntab: the bytes and a text base."""
     def __init__(self, data: bytes, text_base: int):
-        self._image, self._text_base = data, text_base
+        self.image, self._text_base = data, text_base
 
     def text_base(self) -> int:
         return self._text_base

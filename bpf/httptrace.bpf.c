@@ -1060,7 +1060,9 @@ static __always_inline struct ht_go_offsets *go_offsets_here(void)
 
 /* The socket fd behind a *tls.Conn: c.conn (net.Conn) -> *net.TCPConn -> *netFD -> pfd.Sysfd, at the
  * offsets of the running program's build. -1 (counted) when the chain does not end at a stream socket,
- * e.g. a conn that is not a *net.TCPConn. */
+ * e.g. a conn that is not a *net.TCPConn; -1 (not counted) when the socket is closed already (Sysfd is
+ * -1 then): the call fails without a byte sent (seen: Go's HTTP/2 transport closing the spare
+ * connections of a dial race). */
 static __always_inline int go_conn_fd(__u64 conn)
 {
 	struct ht_go_offsets *o = go_offsets_here();
@@ -1075,7 +1077,7 @@ static __always_inline int go_conn_fd(__u64 conn)
 	    bpf_probe_read_user(&family, sizeof(family), (void *)(netfd + o->netfd_family)) ||
 	    bpf_probe_read_user(&sotype, sizeof(sotype), (void *)(netfd + o->netfd_sotype)) ||
 	    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + o->netfd_sysfd)) ||
-	    (family != AF_INET && family != AF_INET6) || sotype != SOCK_STREAM || sysfd < 0 || sysfd > 0x7fffffff) {
+	    (family != AF_INET && family != AF_INET6) || sotype != SOCK_STREAM || sysfd < -1 || sysfd > 0x7fffffff) {
 		count_go_error(HT_GO_BAD_FD);
 		return -1;
 	}

@@ -27,12 +27,15 @@ def variant(request, builds):
     return request.param, builds[request.param]
 
 
+H2 = dict(os.environ, GOTLS_H2="1")   # both sides of servers/gotls speak HTTP/2 (ALPN h2)
+
+
 class GoServer:
-    def __init__(self, binary: str):
+    def __init__(self, binary: str, env: dict | None = None):
         self.port = free_port()
         self.base = f"https://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([binary, "serve", f"127.0.0.1:{self.port}"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, env=env)
         assert self.proc.stdout.readline() == b"listening\n"
 
     def stop(self) -> None:
@@ -61,14 +64,16 @@ def wait_probed(cap, binary: str) -> None:
     assert len(seen) == 1 and seen[0].probed, cap.tracer.go_programs
 
 
-def run_client(binary: str, *args: str, timeout: float = 120) -> None:
-    done = subprocess.run([binary, *map(str, args)], capture_output=True, timeout=timeout)
+def run_client(binary: str, *args: object, timeout: float = 120, env: dict | None = None) -> None:
+    done = subprocess.run([binary, *map(str, args)], capture_output=True, timeout=timeout, env=env)
     assert done.returncode == 0 and done.stdout.endswith(b"ok\n"), done.stderr.decode(errors="replace")
 
 
-def assert_posts_and_big(exchanges, role: Role, posts: int = POSTS, size: int = POST_SIZE) -> None:
+def assert_posts_and_big(exchanges, role: Role, posts: int = POSTS, size: int = POST_SIZE,
+                         version: str = "HTTP/1.1") -> None:
     """The `posts` client's requests and the responses, exactly as sent and in order."""
     mine = [ex for ex in exchanges if ex.connection.role == role]
+    assert {(ex.request.version, ex.response.version) for ex in mine} == {(version, version)}
     assert [(ex.request.method, ex.request.target) for ex in mine] == [("POST", "/echo")] * posts + [("GET", "/big")]
     assert len({ex.connection.fd for ex in mine}) == 1   # one keep-alive connection
     for i, ex in enumerate(mine[:-1]):
@@ -162,6 +167,33 @@ def test_ten_thousand_requests_under_the_probes(variant, go_server):
     for ex in cap.exchanges:
         assert (ex.request.target, ex.response.status, ex.response.body) == ("/hello", 200, b"hello from go over tls\n")
         assert ex.connection.role == Role.SERVER and ex.connection.tls and not ex.flags
+    assert_clean(cap)
+
+
+def test_http2_from_both_sides(variant):
+    """Go's default over TLS, HTTP/2 (ALPN h2), through the same probes: the kernel classifies the
+    preface, user space reads the frames. The same keep-alive POSTs and 1 MiB, then 2,000 GETs as
+    concurrent streams on one connection, each captured once."""
+    name, binary = variant
+    server = GoServer(binary, env=H2)
+    try:
+        with ExchangeCapture(ports=[server.port]) as cap:
+            wait_probed(cap, binary)
+            run_client(binary, "posts", server.base, POSTS, POST_SIZE, env=H2)
+            cap.wait_for(2 * (POSTS + 1), port=server.port)
+            run_client(binary, "load", server.base, 2000, 8, env=H2)
+            cap.wait_for(2 * (POSTS + 1 + 2000), timeout=60, port=server.port)
+    finally:
+        server.stop()
+    posts = [ex for ex in cap.exchanges if ex.request.target != "/hello"]
+    assert_posts_and_big(posts, Role.SERVER, version="HTTP/2")
+    assert_posts_and_big(posts, Role.CLIENT, version="HTTP/2")
+    hellos = [ex for ex in cap.exchanges if ex.request.target == "/hello"]
+    for role in (Role.SERVER, Role.CLIENT):
+        mine = [ex for ex in hellos if ex.connection.role == role]
+        assert len(mine) == 2000 and len({ex.connection.fd for ex in mine}) == 1, role
+        assert all(ex.response.status == 200 and ex.response.body == b"hello from go over tls\n" and not ex.flags
+                   for ex in mine)
     assert_clean(cap)
 
 

@@ -1,5 +1,6 @@
 // An HTTPS server and client from Go's standard library only, for the Go crypto/tls tests.
 // HTTP/1.1 is forced on both sides (an empty TLSNextProto): Go would negotiate HTTP/2 otherwise.
+// With GOTLS_H2=1 in the environment both sides speak HTTP/2 (Go's bundled x/net/http2) instead.
 //
 //	gotlsapp serve ADDR                 /echo returns the POST body, /big 1 MiB, /hello a short text
 //	gotlsapp posts BASE N SIZE          N keep-alive POSTs of SIZE bytes to /echo, then GET /big; checked
@@ -87,16 +88,25 @@ func serve(addr string) {
 	check(err)
 	srv := &http.Server{Handler: mux, TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{certificate()}}}
+	if h2 {
+		srv.TLSNextProto = nil // ServeTLS then offers h2 by ALPN
+	}
 	fmt.Println("listening")
 	check(srv.ServeTLS(ln, "", ""))
 }
 
+var h2 = os.Getenv("GOTLS_H2") == "1"
+
 func client(conns int) *http.Client {
-	return &http.Client{Transport: &http.Transport{
+	transport := &http.Transport{
 		TLSClientConfig:     &tls.Config{InsecureSkipVerify: true},
 		TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{},
 		MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true,
-	}, Timeout: 60 * time.Second}
+	}
+	if h2 {
+		transport.TLSNextProto, transport.ForceAttemptHTTP2 = nil, true
+	}
+	return &http.Client{Transport: transport, Timeout: 60 * time.Second}
 }
 
 func do(c *http.Client, method, url string, data []byte, want []byte) {
@@ -111,8 +121,9 @@ func do(c *http.Client, method, url string, data []byte, want []byte) {
 	got, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	check(err)
-	if resp.StatusCode != 200 || !bytes.Equal(got, want) {
-		fmt.Fprintf(os.Stderr, "%s %s: status %d, %d bytes, want %d\n", method, url, resp.StatusCode, len(got), len(want))
+	if resp.StatusCode != 200 || !bytes.Equal(got, want) || (resp.ProtoMajor == 2) != h2 {
+		fmt.Fprintf(os.Stderr, "%s %s: %s status %d, %d bytes, want %d\n", method, url, resp.Proto, resp.StatusCode,
+			len(got), len(want))
 		os.Exit(1)
 	}
 }

@@ -1107,10 +1107,11 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u8 direction, boo
 		.conn = GO_ARG1(ctx), .buf = GO_ARG2(ctx), .len = GO_ARG3(ctx), .direction = direction,
 	};
 	if (direction == HT_EGRESS) {
-		/* A call that needs a bigger stack runs its prologue twice: report its bytes once. */
+		/* A call that needs a bigger stack runs its prologue twice: report its bytes once. Not compared:
+		 * buf, which the stack copy moves if it pointed into the stack. Every RET ends the call, so a
+		 * second Write of this goroutine finds no entry left. */
 		struct go_tls_call *prev = bpf_map_lookup_elem(&go_tls_calls, &key);
-		if (prev && prev->direction == HT_EGRESS && prev->conn == call.conn && prev->buf == call.buf &&
-		    prev->len == call.len)
+		if (prev && prev->direction == HT_EGRESS && prev->conn == call.conn && prev->len == call.len)
 			return 0;
 	}
 	bpf_map_update_elem(&go_tls_calls, &key, &call, BPF_ANY);

@@ -2,7 +2,8 @@
 
 For each Go executable (Go >= 1.17, the register ABI; x86-64) that links crypto/tls:
   - find crypto/tls.(*Conn).Write and .Read (goelf: .symtab, else pclntab, so stripped builds too);
-  - disassemble each (capstone) and probe its entry and every RET instruction. Never a uretprobe: it
+  - disassemble each (capstone) and probe its entry and every RET instruction (Write is reported at
+    its entry, Read at its RETs: bpf/httptrace.bpf.c says why). Never a uretprobe: it
     rewrites the return address on a goroutine stack, which Go copies and walks, and the program
     crashes. Never a byte scan for 0xC3 either: that byte also occurs inside other instructions
     (`48 ff c3` is inc rbx), and an int3 there changes the instruction;
@@ -36,8 +37,9 @@ PROGRAMS = {WRITE: ("{}go_write_enter", "go_write_ret"), READ: ("go_read_enter",
 MAX_BINARY_SIZE = 1 << 30
 
 # Byte offsets from a *tls.Conn to its socket (see struct ht_go_offsets): tls.Conn.conn at 0, the
-# *net.TCPConn's conn.fd at 0, netFD.pfd at 0 and pfd.Sysfd at 16, netFD.family 56, .sotype 64. The same
-# in every release from 1.17 to 1.24 (checked against their DWARF and published offset tables).
+# *net.TCPConn's conn.fd at 0, netFD.pfd at 0 and pfd.Sysfd at 16, netFD.family 56, .sotype 64. Read
+# from Go 1.19's DWARF here (tests/unit/test_goelf.py); published offset tables for 1.17-1.24 give the
+# same conn, fd, pfd and Sysfd and netFD.laddr at 96 in every release, so the fields before it stand.
 DEFAULT_OFFSETS = {"conn": 0, "tcpconn_fd": 0, "netfd_sysfd": 16, "netfd_family": 56, "netfd_sotype": 64}
 KNOWN_VERSIONS = {(1, minor): DEFAULT_OFFSETS for minor in range(17, 25)}
 

@@ -267,6 +267,7 @@ def load_and_attach_every_program():
     obj = BpfObject(checks.object_path())  # opened only, to list what the object holds
     try:
         in_object = {p.name: p.section for p in obj.programs()}
+        optional = {p.name for p in obj.programs() if not p.autoload}   # SEC("?..."): one family's
     finally:
         obj.close()
     started = time.monotonic()
@@ -294,8 +295,8 @@ def load_and_attach_every_program():
     assert any(s.startswith("uprobe") or s.startswith("uretprobe") for s in sections), "no libssl uprobe attached"
     # A program loaded but not attached would be one more in the kernel than attached names. The Go TLS
     # programs are the exception: they are attached to each Go program found, and the guest runs none.
-    loaded = {name for name, section in in_object.items()
-              if not section.startswith("?") or name.startswith("compat_") == (family == "compat")}
+    loaded = {name for name in in_object
+              if name not in optional or name.startswith("compat_") == (family == "compat")}
     assert {name for name in loaded - chosen if "go_" not in name} == set(), f"not attached: {sorted(loaded - chosen)}"
     assert len(loaded_ids) == len(loaded), f"{len(loaded_ids)} programs in the kernel, {len(loaded)} chosen"
     return (f"{len(chosen)} of the object's {len(in_object)} programs loaded and attached as {len(attached)} links "

@@ -49,6 +49,7 @@ const struct ht_open_event *unused_open_event __attribute__((unused));
 const struct ht_data_event *unused_data_event __attribute__((unused));
 const struct ht_close_event *unused_close_event __attribute__((unused));
 const struct ht_conn_info *unused_conn_info __attribute__((unused));
+const struct ht_go_offsets *unused_go_offsets __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -887,6 +888,22 @@ static __always_inline int tls_enter(void *ssl, const void *buf, size_t *size_ou
 	return 0;
 }
 
+/* n bytes of plaintext at buf that a TLS library (OpenSSL, Go's crypto/tls) read or wrote on ci. From
+ * now on the socket's own bytes are ciphertext and are not captured. */
+static __always_inline int tls_plaintext(struct ht_conn_info *ci, long n, __u64 buf, __u8 direction, bool compat)
+{
+	if (!ci->tls) { /* the handshake made the socket look like non-HTTP: classify the plaintext instead */
+		ci->tls = 1;
+		/* IGNORED also means filtered out by --port: that must hold for TLS too. */
+		if (ci->state == HT_CONN_IGNORED && ci->sk && port_wanted((struct sock *)ci->sk))
+			ci->state = HT_CONN_UNKNOWN;
+		ci->tries = 0;
+	}
+	if (ci->state == HT_CONN_IGNORED)
+		return 0;
+	return capture(ci, n, buf, 0, 0, direction, HT_DATA_TLS, compat);
+}
+
 static __always_inline int tls_exit(long rc, bool compat)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -918,16 +935,7 @@ static __always_inline int tls_exit(long rc, bool compat)
 	struct ht_conn_info *ci = lookup_or_track(tgid, call.fd);
 	if (!ci)
 		return 0;
-	if (!ci->tls) { /* the handshake made the socket look like non-HTTP: classify the plaintext instead */
-		ci->tls = 1;
-		/* IGNORED also means filtered out by --port: that must hold for TLS too. */
-		if (ci->state == HT_CONN_IGNORED && ci->sk && port_wanted((struct sock *)ci->sk))
-			ci->state = HT_CONN_UNKNOWN;
-		ci->tries = 0;
-	}
-	if (ci->state == HT_CONN_IGNORED)
-		return 0;
-	return capture(ci, n, call.buf, 0, 0, call.direction, HT_DATA_TLS, compat);
+	return tls_plaintext(ci, n, call.buf, call.direction, compat);
 }
 
 SEC("uprobe")
@@ -965,4 +973,225 @@ SEC("?uretprobe")
 int BPF_KRETPROBE(compat_ssl_exit, int rc)
 {
 	return tls_exit(rc, true);
+}
+
+/* ---- Go's crypto/tls: plaintext at (*Conn).Write and (*Conn).Read --------------------------------
+ * Uprobes at each function's entry and at every one of its RET instructions (user space finds them by
+ * disassembling): never uretprobes, which rewrite a return address on a goroutine stack that Go moves
+ * and walks. A call is keyed by (tgid, goroutine), not by thread: a Read that parks in the netpoller
+ * resumes on another thread, and meanwhile other goroutines run on this one.
+ *
+ * Read is reported at its RET (buf[:n], when err is nil). Write is reported at its entry, all of b:
+ * reported at its RET, a request's last bytes came out after the response that answered them, often
+ * (measured: the writing goroutine returns ~200 us after its write syscall on a busy host, by which
+ * time the peer has answered and the reader goroutine has returned). Write returns len(b) or an error
+ * that breaks the connection, so what it was given is what was sent. */
+
+/* Go's register ABI (Go >= 1.17), the one place that names registers. x86-64: arguments and results
+ * in RAX, RBX, RCX, ...; the running goroutine's g in R14. */
+#if defined(__TARGET_ARCH_x86)
+#define GO_ARG1(r) ((r)->ax)  /* the receiver, c *Conn */
+#define GO_ARG2(r) ((r)->bx)  /* b []byte: data pointer, */
+#define GO_ARG3(r) ((r)->cx)  /*           length */
+#define GO_RET1(r) ((r)->ax)  /* n int */
+#define GO_RET2(r) ((r)->bx)  /* err error: the itab word, 0 when nil */
+#define GO_G(r) ((r)->r14)
+/* At a RET: where register argument i was spilled, in the caller's frame above the return address. */
+#define GO_ARG_SPILL(r, i) ((r)->sp + 8 + 8 * (i))
+#else
+#error "Go TLS probes: only x86-64 registers are mapped"
+#endif
+
+struct go_call_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 g;
+};
+
+struct go_tls_call {
+	__u64 conn;
+	__u64 buf;
+	__u64 len;
+	__u8 direction;
+	__u8 _pad[7];
+};
+
+/* LRU: a call whose RET we never see (a panic unwinding through it) must not hold a slot forever. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct go_call_key);
+	__type(value, struct go_tls_call);
+} go_tls_calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64); /* inode number; 0: the default */
+	__type(value, struct ht_go_offsets);
+} go_offsets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HT_GO_ERRORS);
+	__type(key, __u32);
+	__type(value, __u64);
+} go_tls_errors SEC(".maps");
+
+static __always_inline void count_go_error(__u32 kind)
+{
+	__u64 *n = bpf_map_lookup_elem(&go_tls_errors, &kind);
+	if (n)
+		*n += 1;
+}
+
+/* The struct offsets of the current process's Go program (by its file's inode, else the default). */
+static __always_inline struct ht_go_offsets *go_offsets_here(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 ino = BPF_CORE_READ(task, mm, exe_file, f_inode, i_ino);
+	struct ht_go_offsets *o = bpf_map_lookup_elem(&go_offsets, &ino);
+	if (!o) {
+		ino = 0;
+		o = bpf_map_lookup_elem(&go_offsets, &ino);
+	}
+	return o;
+}
+
+/* The socket fd behind a *tls.Conn: c.conn (net.Conn) -> *net.TCPConn -> *netFD -> pfd.Sysfd, at the
+ * offsets of the running program's build. -1 (counted) when the chain does not end at a stream socket,
+ * e.g. a conn that is not a *net.TCPConn; -1 (not counted) when the socket is closed already (Sysfd is
+ * -1 then): the call fails without a byte sent (seen: Go's HTTP/2 transport closing the spare
+ * connections of a dial race). */
+static __always_inline int go_conn_fd(__u64 conn)
+{
+	struct ht_go_offsets *o = go_offsets_here();
+	if (!o) {
+		count_go_error(HT_GO_UNKNOWN_BINARY);
+		return -1;
+	}
+	__u64 tcp_conn = 0, netfd = 0;
+	__s64 family = 0, sotype = 0, sysfd = -1;
+	if (bpf_probe_read_user(&tcp_conn, sizeof(tcp_conn), (void *)(conn + o->conn + 8)) ||
+	    bpf_probe_read_user(&netfd, sizeof(netfd), (void *)(tcp_conn + o->tcpconn_fd)) ||
+	    bpf_probe_read_user(&family, sizeof(family), (void *)(netfd + o->netfd_family)) ||
+	    bpf_probe_read_user(&sotype, sizeof(sotype), (void *)(netfd + o->netfd_sotype)) ||
+	    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + o->netfd_sysfd)) ||
+	    (family != AF_INET && family != AF_INET6) || sotype != SOCK_STREAM || sysfd < -1 || sysfd > 0x7fffffff) {
+		count_go_error(HT_GO_BAD_FD);
+		return -1;
+	}
+	return sysfd;
+}
+
+static __always_inline int go_tls_report(__u32 tgid, struct go_tls_call *call, long n, bool compat)
+{
+	int fd = go_conn_fd(call->conn);
+	if (fd < 0)
+		return 0;
+	struct ht_conn_info *ci = lookup_or_track(tgid, fd);
+	if (!ci || !ci->sk) { /* not a TCP socket of this process: the offsets do not fit this program */
+		count_go_error(HT_GO_BAD_FD);
+		return 0;
+	}
+	return tls_plaintext(ci, n, call->buf, call->direction, compat);
+}
+
+static __always_inline int go_tls_enter(struct pt_regs *ctx, __u8 direction, bool compat)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!process_wanted(tgid))
+		return 0;
+	struct go_call_key key = {.tgid = tgid, .g = GO_G(ctx)};
+	struct go_tls_call call = {
+		.conn = GO_ARG1(ctx), .buf = GO_ARG2(ctx), .len = GO_ARG3(ctx), .direction = direction,
+	};
+	if (direction == HT_EGRESS) {
+		/* A call that needs a bigger stack runs its prologue twice: report its bytes once. Not compared:
+		 * buf, which the stack copy moves if it pointed into the stack. Every RET ends the call, so a
+		 * second Write of this goroutine finds no entry left. */
+		struct go_tls_call *prev = bpf_map_lookup_elem(&go_tls_calls, &key);
+		if (prev && prev->direction == HT_EGRESS && prev->conn == call.conn && prev->len == call.len)
+			return 0;
+	}
+	bpf_map_update_elem(&go_tls_calls, &key, &call, BPF_ANY);
+	if (direction == HT_EGRESS && (long)call.len > 0)
+		go_tls_report(tgid, &call, call.len, compat);
+	return 0;
+}
+
+/* A Read that was already under way when the probes were attached (an idle keep-alive connection
+ * waits in one): its entry was never seen, but where the program's Read spills its arguments on every
+ * path (user space checked its code), they are still in their spill slots at the RET. */
+static __always_inline bool go_read_args_spilled(struct pt_regs *ctx, __u32 tgid, struct go_tls_call *call)
+{
+	struct ht_go_offsets *o = go_offsets_here();
+	if (!o || !o->read_args_spilled || !process_wanted(tgid))
+		return false;
+	if (bpf_probe_read_user(&call->conn, sizeof(call->conn), (void *)GO_ARG_SPILL(ctx, 0)) ||
+	    bpf_probe_read_user(&call->buf, sizeof(call->buf), (void *)GO_ARG_SPILL(ctx, 1)))
+		return false;
+	call->direction = HT_INGRESS;
+	return true;
+}
+
+static __always_inline int go_read_exit(struct pt_regs *ctx, bool compat)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct go_call_key key = {.tgid = tgid, .g = GO_G(ctx)};
+	struct go_tls_call call = {};
+	struct go_tls_call *found = bpf_map_lookup_elem(&go_tls_calls, &key);
+	if (found) {
+		call = *found;
+		bpf_map_delete_elem(&go_tls_calls, &key);
+		if (call.direction != HT_INGRESS)
+			return 0;
+	}
+	long n = GO_RET1(ctx);
+	if (n <= 0 || GO_RET2(ctx))
+		return 0;
+	if (!found && !go_read_args_spilled(ctx, tgid, &call))
+		return 0;
+	return go_tls_report(tgid, &call, n, compat);
+}
+
+/* Entries: Write reports, so it comes in both families; Read only remembers its arguments. */
+SEC("?uprobe")
+int go_write_enter(struct pt_regs *ctx)
+{
+	return go_tls_enter(ctx, HT_EGRESS, false);
+}
+
+SEC("?uprobe")
+int compat_go_write_enter(struct pt_regs *ctx)
+{
+	return go_tls_enter(ctx, HT_EGRESS, true);
+}
+
+SEC("uprobe")
+int go_read_enter(struct pt_regs *ctx)
+{
+	return go_tls_enter(ctx, HT_INGRESS, false);
+}
+
+/* At each RET of Write: the call is over (its bytes went out at the entry). */
+SEC("uprobe")
+int go_write_ret(struct pt_regs *ctx)
+{
+	struct go_call_key key = {.tgid = bpf_get_current_pid_tgid() >> 32, .g = GO_G(ctx)};
+	bpf_map_delete_elem(&go_tls_calls, &key);
+	return 0;
+}
+
+/* At each RET of Read: the bytes it read. */
+SEC("?uprobe")
+int go_read_ret(struct pt_regs *ctx)
+{
+	return go_read_exit(ctx, false);
+}
+
+SEC("?uprobe")
+int compat_go_read_ret(struct pt_regs *ctx)
+{
+	return go_read_exit(ctx, true);
 }

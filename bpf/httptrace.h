@@ -96,6 +96,27 @@ struct ht_conn_info {
 	__u8 _pad[3];
 };
 
+/* Go's crypto/tls: the socket's fd is found from the tls.Conn through the program's own structs. The
+ * go_offsets map holds their byte offsets per executable, keyed by the inode number of its file
+ * (mm->exe_file; the device is left out: btrfs and overlayfs report another one to stat()); key 0
+ * holds the offsets every supported Go release uses, for a program whose inode is not found. */
+struct ht_go_offsets {
+	__u32 conn;         /* tls.Conn.conn, a net.Conn interface: its data word (+8) is the *net.TCPConn */
+	__u32 tcpconn_fd;   /* net.TCPConn.conn.fd: the *net.netFD */
+	__u32 netfd_sysfd;  /* netFD.pfd.Sysfd: the fd (int) */
+	__u32 netfd_family; /* netFD.family (int): AF_INET or AF_INET6, checked */
+	__u32 netfd_sotype; /* netFD.sotype (int): SOCK_STREAM, checked */
+	__u32 read_args_spilled; /* 1: Read stores its arguments in their spill slots on every path, so a
+				  * Read that began before the probes were attached is found at its RET */
+};
+
+/* Go TLS plaintext the kernel could not attribute to a socket, counted per CPU (map go_tls_errors). */
+enum ht_go_error {
+	HT_GO_UNKNOWN_BINARY = 0, /* neither the program's inode nor the default (0) is in go_offsets */
+	HT_GO_BAD_FD = 1,         /* the conn did not lead to a TCP socket of that process: dropped */
+	HT_GO_ERRORS = 2,
+};
+
 /* Read-only configuration, set by user space in .rodata before load. */
 struct ht_config {
 	__u32 self_tgid;    /* the tracer itself is never traced */

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from httptrace.checks import CheckResult
     from httptrace.containers import ContainerResolver
     from httptrace.exchange import Exchange
+    from httptrace.gotls import GoProgram
     from httptrace.metrics import Metrics
     from httptrace.otel import SpanExport
     from httptrace.output import ExchangeWriter
@@ -354,12 +355,23 @@ def _run_checks(programs: str | None = None) -> list[CheckResult]:
     try:
         with Tracer(ports=[1], programs=programs) as tracer:
             count, family = len(tracer.attached_programs), tracer.programs
-            libraries = tracer.tls_libraries
+            libraries, go_programs = tracer.tls_libraries, tracer.go_programs
     except Exception as exc:  # reported, not raised: this is a report
         return results + [CheckResult("objects", False, f"loading {object_path()} failed: {exc}")]
     tls = ", ".join(libraries) if libraries else "none found"
     return results + [CheckResult("objects", True, f"{object_path()}: {count} {family} programs loaded and "
-                                                   f"attached; TLS libraries probed: {tls}")]
+                                                   f"attached; TLS libraries probed: {tls}"),
+                      CheckResult("go tls", True, _describe_go_programs(go_programs))]
+
+
+def _describe_go_programs(programs: list["GoProgram"]) -> str:
+    """Go programs running now: which are probed, which are not and why (gotls.GoProgram)."""
+    if not programs:
+        return "no Go programs running"
+    probed = [f"{p.path} ({p.detail})" for p in programs if p.probed]
+    skipped = [f"{p.path} ({p.detail})" for p in programs if not p.probed]
+    return (f"{len(programs)} Go program(s) found; probed: {'; '.join(probed) or 'none'}"
+            + (f"; not probed: {'; '.join(skipped)}" if skipped else ""))
 
 
 # --- output file ------------------------------------------------------------------

@@ -84,6 +84,13 @@ class Config(ctypes.Structure):
                 ("wakeup_bytes", ctypes.c_uint64), ("comm", ctypes.c_char * COMM_LEN)]
 
 
+class GoOffsets(ctypes.Structure):
+    """Value of go_offsets: from a crypto/tls.Conn to its socket's fd, in that program's build."""
+    _fields_ = [("conn", ctypes.c_uint32), ("tcpconn_fd", ctypes.c_uint32), ("netfd_sysfd", ctypes.c_uint32),
+                ("netfd_family", ctypes.c_uint32), ("netfd_sotype", ctypes.c_uint32),
+                ("read_args_spilled", ctypes.c_uint32)]
+
+
 # C struct name -> mirror, for the contract test.
 MIRRORS = {
     "ht_conn_id": ConnId,
@@ -93,6 +100,7 @@ MIRRORS = {
     "ht_close_event": CloseEvent,
     "ht_conn_info": ConnInfo,
     "ht_config": Config,
+    "ht_go_offsets": GoOffsets,
 }
 
 DATA_OFFSET = ctypes.sizeof(DataEventHead)

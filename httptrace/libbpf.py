@@ -146,15 +146,23 @@ class Program:
 
     def attach_uprobe(self, binary: str, function: str, retprobe: bool = False) -> Link:
         """Probe `function` (by symbol) in `binary` for every process that maps it, now or later."""
+        return self._attach_uprobe(binary, function, 0, retprobe)
+
+    def attach_uprobe_at(self, binary: str, offset: int) -> Link:
+        """Probe the instruction at file offset `offset` of `binary` (not a virtual address: for an
+        ELF they differ by the segment's p_vaddr - p_offset)."""
+        return self._attach_uprobe(binary, None, offset, False)
+
+    def _attach_uprobe(self, binary: str, function: str | None, offset: int, retprobe: bool) -> Link:
         opts = ffi.new("struct bpf_uprobe_opts *")
         opts.sz = ffi.sizeof("struct bpf_uprobe_opts")
         opts.retprobe = retprobe
-        name = ffi.new("char[]", function.encode())
+        name = ffi.new("char[]", function.encode()) if function else ffi.NULL
         opts.func_name = name
-        link = lib.bpf_program__attach_uprobe_opts(self._handle, -1, binary.encode(), 0, opts)
+        link = lib.bpf_program__attach_uprobe_opts(self._handle, -1, binary.encode(), offset, opts)
         if link == ffi.NULL:
             kind = "uretprobe" if retprobe else "uprobe"
-            raise _error(f"attach {kind} {self.name} to {binary}:{function}", 0)
+            raise _error(f"attach {kind} {self.name} to {binary}:{function or hex(offset)}", 0)
         return Link(link, self.name)
 
 

@@ -2,8 +2,9 @@
 
 An uprobe on a file covers every process that maps it, including ones started later, so we attach once
 per distinct file (by inode: /lib and /usr/lib are the same files on merged-/usr systems). Programs with
-OpenSSL linked in statically are found by their own symbol table (pyelftools), when it has one.
-Go's crypto/tls is not OpenSSL and is not covered.
+OpenSSL linked in statically are found by their own symbol table (pyelftools), when it has one. Go
+programs are recognised among the executables too and handed to gotls.py (Go's crypto/tls is not
+OpenSSL).
 """
 from __future__ import annotations
 
@@ -87,8 +88,9 @@ def has_own_openssl(path: str) -> bool:
 
 
 def running_executables() -> list[str]:
-    """/proc/PID/exe of every process: attaching through it reaches files inside containers too."""
-    return glob.glob("/proc/[0-9]*/exe")
+    """/proc/PID/exe of every process, newest first (the re-scan's budget may not reach the end): attaching
+    through it reaches files inside containers too."""
+    return sorted(glob.glob("/proc/[0-9]*/exe"), key=lambda p: int(p.split("/")[2]), reverse=True)
 
 
 class TlsProbes:
@@ -96,8 +98,11 @@ class TlsProbes:
 
     def __init__(self, obj: BpfObject, exit_program: str = "ssl_exit"):
         """exit_program: the loaded family's return probe (ssl_exit, or compat_ssl_exit)."""
+        from .gotls import GoTlsProbes
+
         self._obj = obj
         self._exit_program = exit_program
+        self.go = GoTlsProbes(obj, compat=exit_program.startswith("compat_"))
         self._seen: set[tuple[int, int]] = set()
         self.libraries: list[str] = []
         self.links: list[Link] = []
@@ -124,19 +129,21 @@ class TlsProbes:
         with self._lock:
             pass
 
-    def refresh(self, executables: bool = True, budget_s: float = EXECUTABLES_BUDGET_S) -> list[str]:
-        """Attach to libraries (and, with `executables`, statically linked programs) not seen before.
-        Programs are examined for at most `budget_s` per call (plus the one under way), the rest at
-        the next: it bounds both the CPU a re-scan takes and how long close() may wait for it."""
+    def refresh(self, executables: bool = True, budget_s: float = EXECUTABLES_BUDGET_S,
+                static_openssl: bool = True) -> list[str]:
+        """Attach to libraries and, with `executables`, to Go programs and (with `static_openssl`)
+        statically linked OpenSSL programs not seen before. Programs are examined for at most
+        `budget_s` per call (plus the one under way), the rest at the next: it bounds both the CPU a
+        re-scan takes and how long close() may wait for it."""
         with self._lock:
             if self._closed.is_set():
                 return []
-            return self._refresh(executables, budget_s)
+            return self._refresh(executables, budget_s, static_openssl)
 
-    def _refresh(self, executables: bool, budget_s: float) -> list[str]:
+    def _refresh(self, executables: bool, budget_s: float, static_openssl: bool) -> list[str]:
         added = []
         libraries = system_libraries() + mapped_libraries()
-        deadline = time.monotonic() + budget_s
+        deadline = None   # the budget is for programs: attaching to libraries does not use it up
         for path in libraries + (running_executables() if executables else []):
             try:
                 st = os.stat(path)
@@ -145,12 +152,19 @@ class TlsProbes:
             if (st.st_dev, st.st_ino) in self._seen:
                 continue
             is_library = path in libraries
-            if not is_library and time.monotonic() > deadline:
-                break
+            shown = path if is_library else os.path.realpath(path)  # the program, not /proc/PID/exe
+            if not is_library:
+                deadline = deadline or time.monotonic() + budget_s
+                if time.monotonic() > deadline:
+                    break
+                if self.go.examine(path, shown):
+                    self._seen.add((st.st_dev, st.st_ino))
+                    continue
+                if not static_openssl:   # a later re-scan looks at it for OpenSSL (symbol tables are slow)
+                    continue
             self._seen.add((st.st_dev, st.st_ino))
             if not is_library and not has_own_openssl(path):
                 continue
-            shown = path if is_library else os.path.realpath(path)  # the program, not /proc/PID/exe
             try:
                 self._attach(path)
             except Exception as exc:  # a file without the symbols (or an odd build) is skipped, not fatal

@@ -27,6 +27,7 @@ from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 if TYPE_CHECKING:
     import asyncio
 
+    from .gotls import GoProgram
     from .sessions import Reassembler
     from .tls import TlsProbes
 
@@ -41,6 +42,7 @@ MAX_BATCH = 4096           # events decoded per batch before exchanges are hande
 DRAIN_SECONDS = 30.0       # after stop(), the most we spend on the backlog (a ring still being filled
                            # by heavy traffic could otherwise keep us forever)
 SWEEP_EVERY_S = 2.0        # forget connections of processes that exited without close()
+TLS_START_BUDGET_S = 1.0   # examining running Go programs at start (one with DWARF: ~0.1 s)
 TLS_RESCAN_EVERY_S = 6.0   # look for TLS libraries of new processes (a thread of tls.TlsProbes): reads
                            # every /proc/PID/maps, so not too often (at 2 s: ~3% of the agent's CPU)
 ASYNC_BATCHES = 4          # aexchanges(): batches handed to the event loop and not yet taken; past this
@@ -151,7 +153,9 @@ class Tracer:
             from .tls import TlsProbes
 
             self._tls = probes = TlsProbes(obj, exit_program="compat_ssl_exit" if family == "compat" else "ssl_exit")
-            probes.refresh(executables=False)
+            # Go programs already running too; static OpenSSL programs are left to the re-scans, as
+            # reading their symbol tables would hold up the start.
+            probes.refresh(budget_s=TLS_START_BUDGET_S, static_openssl=False)
             probes.rescan_every(TLS_RESCAN_EVERY_S)   # libraries and programs of processes started since
         log.info("attached", programs=f"{family} ({why})", links=len(obj.links),
                  seconds=round(time.monotonic() - started, 3),
@@ -204,6 +208,11 @@ class Tracer:
     def tls_libraries(self) -> list[str]:
         """The OpenSSL libraries and programs probed so far."""
         return list(self._tls.libraries) if self._tls else []
+
+    @property
+    def go_programs(self) -> list["GoProgram"]:
+        """The Go executables seen (gotls.GoProgram: path, probed, detail), in the order found."""
+        return list(self._tls.go.programs) if self._tls else []
 
     @property
     def attached_programs(self) -> list[str]:
@@ -456,6 +465,18 @@ class Tracer:
             totals[kind.name.lower()] = sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
         return totals
 
+    def go_tls_errors(self) -> dict[str, int]:
+        """Go TLS plaintext the kernel dropped: the conn led to no TCP socket of the process (bad_fd), or
+        the program's struct offsets were missing (unknown_binary)."""
+        if self._object is None:
+            return {}
+        counters = self._object.map("go_tls_errors")
+        totals = {}
+        for index, name in enumerate(("go_tls_unknown_binary", "go_tls_bad_fd")):   # enum ht_go_error
+            raw = counters.lookup(struct.pack("<I", index), 8 * self._ncpus) or b""
+            totals[name] = sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
+        return totals
+
     def _report_drops(self) -> None:
         total = sum(self.drops().values())
         if total > self._last_drops:
@@ -466,6 +487,7 @@ class Tracer:
     def stats(self) -> dict[str, int]:
         stats = dict(self._counts)
         stats["drops"] = sum(self.drops().values())
+        stats.update(self.go_tls_errors())
         if self._ring is not None and self._ring.oversized:   # never expected: the contract would be broken
             stats["oversized_events"] = self._ring.oversized
         if self._reassembler is not None:

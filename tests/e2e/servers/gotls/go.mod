@@ -1,0 +1,3 @@
+module gotlsapp
+
+go 1.19

@@ -57,7 +57,8 @@ def wait_probed(cap, binary: str) -> None:
     host may spend its time budget on other programs first)."""
     from httptrace.tracer import TLS_RESCAN_EVERY_S
 
-    deadline = time.monotonic() + 4 * TLS_RESCAN_EVERY_S + 5
+    # (8 re-scans: on a host busy starting programs, measured here, 4 were not always enough)
+    deadline = time.monotonic() + 8 * TLS_RESCAN_EVERY_S + 5
     while binary not in [p.path for p in cap.tracer.go_programs] and time.monotonic() < deadline:
         time.sleep(0.1)
     seen = [p for p in cap.tracer.go_programs if p.path == binary]

@@ -17,6 +17,7 @@ import threading
 import time
 
 from ._log import get_logger
+from .goelf import find
 from .libbpf import BpfObject, Link
 
 log = get_logger("httptrace.tls")
@@ -72,7 +73,7 @@ def has_own_openssl(path: str) -> bool:
             # libssl.so (probed already): a byte search over the mapped file answers in about a
             # millisecond, where reading the symbol table takes up to ~100 ms (bash: 86, nginx: 28).
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as image:
-                if image.find(b"SSL_write\0") < 0 or image.find(b"libssl.so") >= 0:
+                if find(image, b"SSL_write\0") < 0 or find(image, b"libssl.so") >= 0:
                     return False
             elf = ELFFile(f)
             for name in (".symtab", ".dynsym"):

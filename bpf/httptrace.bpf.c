@@ -626,6 +626,12 @@ static __always_inline int fast_data(long ret, enum buffer_kind kind, __u8 direc
 	return capture_syscall(ci, ret, ARG2(r), ARG3(r), kind, direction, false);
 }
 
+static __always_inline void stash_args(__u64 pid_tgid, __u64 fd, __u64 arg2, __u64 arg3)
+{
+	struct syscall_args args = {.fd = fd, .arg2 = arg2, .arg3 = arg3};
+	bpf_map_update_elem(&stashed_args, &pid_tgid, &args, BPF_ANY);
+}
+
 /* compat, at entry: remember the arguments of a syscall whose bytes may be captured. */
 static __always_inline int compat_data_enter(struct syscall_trace_enter *ctx)
 {
@@ -634,8 +640,7 @@ static __always_inline int compat_data_enter(struct syscall_trace_enter *ctx)
 		return 0;
 	if (!data_conn(pid_tgid, ctx->args[0]))
 		return 0;
-	struct syscall_args args = {.fd = ctx->args[0], .arg2 = ctx->args[1], .arg3 = ctx->args[2]};
-	bpf_map_update_elem(&stashed_args, &pid_tgid, &args, BPF_ANY);
+	stash_args(pid_tgid, ctx->args[0], ctx->args[1], ctx->args[2]);
 	return 0;
 }
 
@@ -647,6 +652,11 @@ static __always_inline bool take_args(struct syscall_args *stashed, struct sysca
 	*out = *stashed;
 	stashed->fd = NO_ARGS;
 	return true;
+}
+
+static __always_inline bool take_stashed(__u64 pid_tgid, struct syscall_args *out)
+{
+	return take_args(bpf_map_lookup_elem(&stashed_args, &pid_tgid), out);
 }
 
 /* compat: the user registers of the current syscall where kernels before 5.15 keep them, at the top of
@@ -760,8 +770,7 @@ int compat_enter_sendfile(struct syscall_trace_enter *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!process_wanted(pid_tgid >> 32) || !http_conn(pid_tgid, ctx->args[0]))
 		return 0;
-	struct syscall_args args = {.fd = ctx->args[0]};
-	bpf_map_update_elem(&stashed_args, &pid_tgid, &args, BPF_ANY);
+	stash_args(pid_tgid, ctx->args[0], 0, 0);
 	return 0;
 }
 
@@ -770,7 +779,7 @@ int compat_exit_sendfile(struct syscall_trace_exit *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct syscall_args args;
-	if (!take_args(bpf_map_lookup_elem(&stashed_args, &pid_tgid), &args) || ctx->ret <= 0)
+	if (!take_stashed(pid_tgid, &args) || ctx->ret <= 0)
 		return 0;
 	struct ht_conn_info *ci = http_conn(pid_tgid, args.fd);
 	return ci ? sent_file(ci, ctx->ret) : 0;
@@ -817,8 +826,7 @@ int compat_enter_connect(struct syscall_trace_enter *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!process_wanted(pid_tgid >> 32))
 		return 0;
-	struct syscall_args args = {.fd = ctx->args[0]};
-	bpf_map_update_elem(&stashed_args, &pid_tgid, &args, BPF_ANY);
+	stash_args(pid_tgid, ctx->args[0], 0, 0);
 	return 0;
 }
 
@@ -827,7 +835,7 @@ int compat_exit_connect(struct syscall_trace_exit *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct syscall_args args;
-	if (!take_args(bpf_map_lookup_elem(&stashed_args, &pid_tgid), &args))
+	if (!take_stashed(pid_tgid, &args))
 		return 0;
 	return connected(ctx->ret) ? on_new_socket(args.fd, HT_ROLE_CLIENT) : 0;
 }

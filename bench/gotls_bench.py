@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from run import Agent, BenchError, free_port, wrk  # noqa: E402  (bench/run.py's harness)
+from harness import Agent, BenchError, free_port, wrk  # noqa: E402  (bench/harness.py)
 from tests.gobuild import VARIANTS, build  # noqa: E402
 
 CONNECTIONS = 50

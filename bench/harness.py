@@ -135,6 +135,7 @@ class Agent:
         self.t_started: float | None = None
         self._started = threading.Event()
         self.t0 = time.monotonic()
+        _unignore_sigint()
         self.proc = subprocess.Popen([*(python or [PY, "-m", "httptrace"]), *args], cwd=AGENT_CWD, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      errors="replace")
@@ -218,6 +219,15 @@ class Agent:
                 self.proc.wait(10)
             except (subprocess.TimeoutExpired, ChildProcessError):
                 pass
+
+
+def _unignore_sigint() -> None:
+    """A background job of a non-interactive shell (`cmd &` in a script, some CI runners) starts with
+    SIGINT ignored, an ignored signal stays ignored across exec, and the CLI then keeps ignoring it on
+    purpose (nohup): stop() would wait out its timeout and kill the agent, without a summary.  A handler
+    (unlike SIG_IGN) is reset to the default by exec, so install one here."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def parse_summary(line: str) -> dict:

@@ -244,17 +244,21 @@ def parse_summary(line: str) -> dict:
 
 
 def accounting(summary: dict, requests: int, in_flight: int) -> dict:
-    """Every exchange the load completed must be an emitted exchange (complete or flagged) or a request
-    the reassembler knows it lost.  The server may also have seen up to `in_flight` requests the load
-    generator gave up on when it stopped (they are captured, possibly flagged incomplete)."""
+    """Every exchange the load completed must be an emitted exchange (complete or flagged), a request
+    the reassembler knows it lost, or a request the kernel skipped whole under overload
+    (`skipped_requests`; the summary has it only where the kernel sheds load).  The server may also
+    have seen up to `in_flight` requests the load generator gave up on when it stopped (they are
+    captured, possibly flagged incomplete)."""
     exchanges = summary.get("exchanges", 0)
-    seen = exchanges + summary.get("lost_requests", 0)
+    seen = exchanges + summary.get("lost_requests", 0) + summary.get("skipped_requests", 0)
     return {
         "load_requests": requests,
         "exchanges": exchanges,
         "complete": exchanges - summary.get("incomplete", 0),
         "incomplete": summary.get("incomplete", 0),
         "lost_requests": summary.get("lost_requests", 0),
+        "skipped_requests": summary.get("skipped_requests", 0),
+        "skipped_responses": summary.get("skipped_responses", 0),
         "drops": summary.get("drops", 0),
         "gaps": summary.get("gaps", 0),
         "unaccounted": max(0, requests - seen),
@@ -299,8 +303,9 @@ def wrk(url: str, seconds: float, conns: int = 50, threads: int = 1, script: str
     result["rps"] = result["requests"] / result["duration_s"]
     if server_cpu is not None and result["requests"]:
         result["load_cpu_us_per_request"] = (ru["cpu_s"] + server_cpu) / result["requests"] * 1e6
-    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m)", text, re.M)
-    result["p99_ms"] = _seconds(p99.group(1), p99.group(2)) * 1e3 if p99 else None
+    for pct in (50, 99):   # --latency's distribution: 50%, 75%, 90%, 99%
+        found = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)", text, re.M)
+        result[f"p{pct}_ms"] = _seconds(found.group(1), found.group(2)) * 1e3 if found else None
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     result["socket_errors"] = sum(int(x) for x in errors.groups()) if errors else 0
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)

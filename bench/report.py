@@ -11,7 +11,7 @@ from harness import PAGE
 
 # Row order of the table: a figure's rows stay together whatever order the steps ran in.
 ROW_ORDER = ["1-3", "1", "1c", "2a", "2ac", "2b", "2bc", "2c", "2cc", "3", "3c", "H", "Hc", "4", "5", "5b", "6", "7", "7b",
-             "8", "9a", "9b", "P", "prof"]
+             "8", "9a", "9b", "10", "10a", "10b", "10c", "10d", "11", "P", "prof"]
 
 
 def sort_rows(rows: list[dict]) -> None:

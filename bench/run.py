@@ -33,32 +33,45 @@ import sys
 import time
 import traceback
 
-from figures import bodies, capacity, exports, http2, memory, parser, profile, saturation, startup, versus_tshark
+from figures import (bodies, capacity, exports, half_load, http2, memory, overload, parser, profile, saturation, startup,
+                     versus_tshark)
 from harness import HERE, ROOT, Bench, Nginx, Seed, foreign_bpf_programs, log, noise
 from report import code_label, machine, markdown, print_table, sort_rows
 
 # Step name (the key of results.json's raw.step_seconds) -> the module that runs it.
 STEPS = {"saturation": saturation, "capacity": capacity, "bodies": bodies, "startup": startup, "memory": memory,
-         "versus_tshark": versus_tshark, "exports": exports, "http2": http2, "parser_bench": parser,
-         "profile": profile}
+         "versus_tshark": versus_tshark, "exports": exports, "http2": http2, "half_load": half_load,
+         "overload": overload, "parser_bench": parser, "profile": profile}
 
 STEP_IDS = {"http2": "H", "saturation": "1-3", "capacity": "4", "bodies": "5", "startup": "6", "memory": "7",
-            "versus_tshark": "8", "exports": "9", "parser_bench": "P", "profile": "prof"}
+            "versus_tshark": "8", "exports": "9", "half_load": "10", "overload": "11", "parser_bench": "P",
+            "profile": "prof"}
 
 FIGURES = {
     "1": "saturation", "2": "saturation", "3": "saturation", "4": "capacity", "5": "bodies",
-    "6": "startup", "7": "memory", "8": "versus_tshark", "9": "exports", "H": "http2", "P": "parser_bench",
+    "6": "startup", "7": "memory", "8": "versus_tshark", "9": "exports", "10": "half_load", "11": "overload",
+    "H": "http2", "P": "parser_bench",
 }
+
+
+def selftest() -> int:
+    """Checks of the harness's own parsing that need no root and no load."""
+    overload.selftest()
+    print("bench/run.py --selftest: ok")
+    return 0
 
 
 def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cli.add_argument("--only", help="comma list of figures: 1-9, P (parser bench)")
+    cli.add_argument("--only", help="comma list of figures: 1-11, H (HTTP/2), P (parser bench)")
     cli.add_argument("--quick", action="store_true", help="shorter loads (rougher numbers)")
     cli.add_argument("--profile", action="store_true", help="py-spy the agent under saturation")
     cli.add_argument("--out", default=os.path.join(HERE, "results.json"))
     cli.add_argument("--markdown", metavar="RESULTS_JSON", help="print a results file's table as Markdown, then exit")
+    cli.add_argument("--selftest", action="store_true", help="check the harness's parsing (no root, no load), then exit")
     opts = cli.parse_args()
+    if opts.selftest:
+        return selftest()
     if opts.markdown:
         print(markdown(opts.markdown))
         return 0

@@ -98,9 +98,11 @@ def _saturation_rows(bench, runs, mean, spread, cores, hooks: str, full: str, su
     load = sum(x["load_requests"] for x in accts)
     unacc = sum(x["unaccounted"] for x in accts)
     drops = sum(x["drops"] for x in accts)
+    skipped = sum(x["skipped_requests"] for x in accts)
     bench.rows.append(row("2c" + suffix, label + "Full capture: wrk requests vs captured + dropped", unacc,
                           f"{load} requests: {exch} exchanges ({sum(x['complete'] for x in accts)} complete), "
-                          f"{sum(x['lost_requests'] for x in accts)} counted lost, {drops} events dropped -> "
+                          + (f"{skipped} skipped whole, " if skipped else "")
+                          + f"{sum(x['lost_requests'] for x in accts)} counted lost, {drops} events dropped -> "
                           f"{unacc} neither captured nor counted", "0 unaccounted", ok, runs=accts))
     lags = [round(r["lag_s"], 1) for r in runs[F]]
     bench.rows.append(row("3" + suffix, label + "Agent CPU per exchange (saturation, small exchanges, json output)", agent_us,

@@ -1,5 +1,5 @@
 """Opens N keep-alive connections to 127.0.0.1:PORT, sends one GET on each, reads the responses,
-then holds them idle until stdin closes.  Used by bench/run.py for figure 7 (agent memory).
+then holds them idle until stdin closes.  Used by bench/figures/memory.py for figure 7 (agent memory).
 
 Usage: python bench/idle_conns.py PORT N [PATH]
 Prints "ready <open connections>" on stdout once every connection has had its exchange.

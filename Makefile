@@ -96,9 +96,17 @@ wheel: $(VENV)/.installed
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m auditwheel repair --plat manylinux_2_17_x86_64 -w wheelhouse dist/httptrace-*.whl
 	@ls wheelhouse/
 
+# vmlinux/$(ARCH)/vmlinux.h: x86 (the default) from this host's kernel; arm64 from Debian's arm64 kernel,
+# booted under QEMU to read its BTF (vmlinux/guest_btf.py).
 vmlinux:
 	$(call apt_ensure,bpftool)
+ifeq ($(or $(ARCH),x86),x86)
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux/x86/vmlinux.h
+else
+	$(call apt_ensure,qemu-system-arm dpkg-dev)
+	$(MAKE) $(VENV)/.installed
+	$(PY) vmlinux/guest_btf.py $(ARCH)
+endif
 
 clean:
 	rm -rf build dist wheelhouse *.egg-info httptrace/bpf/*.bpf.o httptrace/_libbpf*.so httptrace/_libbpf.c

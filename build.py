@@ -18,6 +18,7 @@ import hashlib
 import importlib.metadata
 import inspect
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,9 @@ SOURCES = {  # source package: (Debian version, {downloaded file: sha256})
 }
 ZIGLANG_VERSION = "0.17.1"  # PyPI ziglang, the C compiler for all three (same pin in pyproject.toml)
 GLIBC = "2.17"              # the oldest glibc the module may need: manylinux_2_17 (manylinux2014)
-ARCH = os.environ.get("HTTPTRACE_ARCH", "x86_64")  # zig's name of the target CPU; aarch64 is next
+ARCH = os.environ.get("HTTPTRACE_ARCH", "x86_64")  # zig's name of the target CPU: x86_64 or aarch64
+# zig's CPU name -> the kernel's (bpf_tracing.h's __TARGET_ARCH_*, vmlinux/<name>/vmlinux.h)
+KERNEL_ARCH = {"x86_64": "x86", "aarch64": "arm64"}
 CFLAGS = "-O2 -fPIC -fno-sanitize=undefined"  # PIC: they go into a shared object; zig cc's default
 #                                               UBSan traps would otherwise be compiled in
 CACHE = os.path.join(os.environ.get("HTTPTRACE_CACHE") or "/var/cache/httptrace", "deps")
@@ -169,6 +172,9 @@ def _runner(work: str, arch: str):
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("MAKE", "MFLAGS", "CFLAGS", "CPPFLAGS", "LDFLAGS", "CC", "CXX", "AR"))}
     base.update(PATH=f"{bin_dir}:{os.environ['PATH']}", CC="cc", CXX="c++", AR="ar", RANLIB="ranlib")
+    if arch != platform.machine():  # cross: autoconf reads these from the environment too (else it runs
+        # its test programs, which fail); zlib's configure and libbpf's Makefile need only CC
+        base.update(build_alias=f"{platform.machine()}-linux-gnu", host_alias=f"{arch}-linux-gnu")
     log_path = os.path.join(work, "build.log")
 
     def run(cmd: list[str], cwd: str, **env: str) -> None:
@@ -260,18 +266,21 @@ def find_clang() -> str:
     sys.exit("build.py: clang not found (apt-get install clang-16, or set CLANG=)")
 
 
-def compile_bpf(out_dir: str = BPF_OUT_DIR) -> list[str]:
-    """bpf/*.bpf.c -> <out_dir>/*.bpf.o; returns the objects written."""
+def compile_bpf(out_dir: str = BPF_OUT_DIR, arch: str = ARCH) -> list[str]:
+    """bpf/*.bpf.c -> <out_dir>/*.bpf.o for the CPU `arch`; returns the objects written."""
     clang = find_clang()
-    build_deps()  # for the vendored libbpf headers below
+    if arch not in KERNEL_ARCH:
+        sys.exit(f"build.py: HTTPTRACE_ARCH={arch}: httptrace is built for {' or '.join(KERNEL_ARCH)}")
+    kernel_arch = KERNEL_ARCH[arch]
+    build_deps(arch)  # for the vendored libbpf headers below
     os.makedirs(out_dir, exist_ok=True)
     objects = []
     for source in BPF_SOURCES:
         obj = os.path.join(out_dir, os.path.basename(source)[: -len(".c")] + ".o")
         tmp = obj + ".tmp"  # replaced atomically: a running tracer or test may be reading the old one
-        cmd = [clang, "-target", "bpf", "-g", "-O2", "-D__TARGET_ARCH_x86", "-Wall", "-Werror",
-               "-I", os.path.join(ROOT, "vmlinux", "x86"), "-I", os.path.join(ROOT, "bpf"),
-               "-I", vendored_include(),  # bpf_helpers.h & co. of the libbpf the module links
+        cmd = [clang, "-target", "bpf", "-g", "-O2", f"-D__TARGET_ARCH_{kernel_arch}", "-Wall", "-Werror",
+               "-I", os.path.join(ROOT, "vmlinux", kernel_arch), "-I", os.path.join(ROOT, "bpf"),
+               "-I", vendored_include(arch),  # bpf_helpers.h & co. of the libbpf the module links
                "-c", source, "-o", tmp]
         subprocess.run(cmd, check=True)
         strip = shutil.which("llvm-strip-16") or shutil.which("llvm-strip")

@@ -61,6 +61,18 @@ CFLAGS = "-O2 -fPIC -fno-sanitize=undefined"  # PIC: they go into a shared objec
 #                                               UBSan traps would otherwise be compiled in
 CACHE = os.path.join(os.environ.get("HTTPTRACE_CACHE") or "/var/cache/httptrace", "deps")
 
+# A cross build (HTTPTRACE_ARCH is not this machine) compiles the module against that CPU's pyconfig.h:
+# Debian bookworm's libpython3.11-dev of its Debian arch, fetched with apt-get download (an apt of its
+# own, see foreign_apt) and checked against this sha256. Any CPython >= 3.9's headers serve: the module
+# uses the limited API (abi3), as with the build Python's own headers on x86-64.
+PYTHON_DEV = {  # zig arch: (Debian arch, package, version, sha256 of the .deb)
+    "aarch64": ("arm64", "libpython3.11-dev", "3.11.2-6+deb12u9",
+                "fb34da3be5eb345a6a34c5a7ef760a33ff22054d46b8906b81b2fa8e80c26a7f"),
+}
+DEBIAN_MIRROR = os.environ.get("HTTPTRACE_DEBIAN_MIRROR") or "http://deb.debian.org/debian"
+DEBIAN_SECURITY_MIRROR = (os.environ.get("HTTPTRACE_DEBIAN_SECURITY_MIRROR")
+                          or "http://deb.debian.org/debian-security")
+
 
 # ---- vendored C libraries: the recipe ---------------------------------------------------------------
 # zlib <- libelf (elfutils' lib/ and libelf/ only) <- libbpf, each a static PIC archive plus headers in
@@ -235,23 +247,76 @@ def _read(path: str) -> str | None:
         return None
 
 
+def cross_build(arch: str = ARCH) -> bool:
+    return arch != platform.machine()
+
+
+def foreign_apt(deb_arch: str, suite: str = "bookworm") -> list[str]:
+    """apt-get options for Debian `suite` of another architecture, with sources and lists of its own under
+    the cache: the host's apt and dpkg architectures stay as they are. Call `apt-get update` once with them."""
+    d = os.path.join(os.path.dirname(CACHE), "apt", f"{suite}-{deb_arch}")
+    for sub in ("sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial"):
+        os.makedirs(os.path.join(d, sub), exist_ok=True)
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    with open(os.path.join(d, "sources.list"), "w") as f:
+        f.write(f"deb [signed-by={keyring}] {DEBIAN_MIRROR} {suite} main\n"
+                f"deb [signed-by={keyring}] {DEBIAN_SECURITY_MIRROR} {suite}-security main\n")
+    return [arg for key, value in (("Dir::Etc::SourceList", f"{d}/sources.list"),
+                                   ("Dir::Etc::SourceParts", f"{d}/sources.list.d"),
+                                   ("Dir::Etc::Preferences", f"{d}/preferences"),
+                                   ("Dir::Etc::PreferencesParts", f"{d}/preferences.d"),
+                                   ("Dir::State::Lists", f"{d}/lists"), ("Dir::Cache", f"{d}/cache"),
+                                   ("APT::Architecture", deb_arch), ("APT::Architectures::", deb_arch))
+            for arg in ("-o", f"{key}={value}")]
+
+
+def cross_python_include(arch: str = ARCH) -> list[str]:
+    """Include directories that come before the build Python's own for a cross build, else none: Debian's
+    /usr/include/python3.11 (Python.h includes the pyconfig.h beside it, which picks
+    <aarch64-linux-gnu/python3.11/pyconfig.h>) and /usr/include, unpacked once into the cache."""
+    if not cross_build(arch):
+        return []
+    deb_arch, package, version, sha256 = PYTHON_DEV[arch]
+    out = os.path.join(CACHE, f"{package}-{version}-{deb_arch}")
+    if not os.path.isdir(out):
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            os.chmod(tmp, 0o755)  # apt downloads as user _apt where it can
+            options = foreign_apt(deb_arch)
+            for cmd in (["update", "-qq"], ["download", "-qq", f"{package}={version}"]):
+                done = subprocess.run(["apt-get", *options, *cmd], cwd=tmp, capture_output=True, text=True)
+                if done.returncode:
+                    sys.exit(f"build.py: apt-get {' '.join(cmd)} ({deb_arch}) failed:\n{done.stderr.strip()}\n"
+                             "(a pin that left the archive needs a new version and sha256 in PYTHON_DEV)")
+            (deb,) = glob.glob(os.path.join(tmp, "*.deb"))
+            if _sha256(deb) != sha256:
+                sys.exit(f"build.py: {os.path.basename(deb)} has sha256 {_sha256(deb)}, the pin is {sha256}")
+            subprocess.run(["dpkg-deb", "-x", deb, os.path.join(tmp, "tree")], check=True)
+            os.rename(os.path.join(tmp, "tree"), out)
+    include = os.path.join(out, "usr", "include")
+    return [os.path.join(include, os.path.basename(glob.glob(os.path.join(include, "python3*"))[0])), include]
+
+
 @contextlib.contextmanager
 def zig_linker(arch: str = ARCH):
     """Link the module with zig for glibc 2.17: zig's own glibc stubs decide the symbol versions (the host's
-    gcc still compiles the module's C, against Python's headers). The version script exports PyInit only:
-    the static libraries' symbols neither clash with nor bind to another libbpf or libz in the process."""
-    saved = os.environ.get("LDSHARED")
+    gcc still compiles the module's C, against Python's headers; a cross build compiles with zig too). The
+    version script exports PyInit only: the static libraries' symbols neither clash with nor bind to
+    another libbpf or libz in the process."""
+    saved = {name: os.environ.get(name) for name in ("LDSHARED", "CC")}
     with tempfile.NamedTemporaryFile("w", suffix=".map") as exports:
         exports.write("{ global: PyInit__libbpf; local: *; };\n")
         exports.flush()
         os.environ["LDSHARED"] = f"{zig()} cc -target {zig_target(arch)} -shared -Wl,--version-script={exports.name}"
+        if cross_build(arch):
+            os.environ["CC"] = f"{zig()} cc -target {zig_target(arch)}"
         try:
             yield
         finally:
-            if saved is None:
-                del os.environ["LDSHARED"]
-            else:
-                os.environ["LDSHARED"] = saved
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def vendored_include(arch: str = ARCH) -> str:
@@ -448,6 +513,9 @@ ffibuilder.set_source("httptrace._libbpf", C_SOURCE, include_dirs=[vendored_incl
 
 
 def build_in_place() -> None:
+    if cross_build():
+        sys.exit(f"build.py: an in-place build is for this machine ({platform.machine()}); build the "
+                 f"{ARCH} wheel with `make wheel ARCH=...`")
     compile_bpf()
     tmp = os.path.join(ROOT, "build", "cffi")
     with zig_linker():

@@ -1,14 +1,18 @@
 """The wheel is self-contained: installed in a fresh venv it loads its own libbpf and eBPF objects, with
-no clang, no bpftool and no system libbpf on the PATH or in use. And it is portable: one abi3 wheel for
-CPython >= 3.9 on any glibc >= 2.17 (manylinux2014), with libbpf, libelf and zlib linked into its module."""
+no clang, no bpftool and no system libbpf on the PATH or in use. And it is portable: one abi3 wheel per
+arch (x86-64, arm64) for CPython >= 3.9 on any glibc >= 2.17 (manylinux2014), with libbpf, libelf and
+zlib linked into its module. The arm64 wheel is cross-built: here it is checked as files (its module's
+machine, symbols and the kernel arch its eBPF object was compiled for); tests/kernels runs it."""
 import glob
 import io
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 import pytest
@@ -16,15 +20,34 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerNeedSection
 
+from tests.unit.btf_reader import struct_layouts
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE = "httptrace/_libbpf.abi3.so"
+OBJECT = "httptrace/bpf/httptrace.bpf.o"
+# wheel CPU -> (ELF e_machine of its module, a member only that arch's struct pt_regs has)
+ARCHES = {"x86_64": ("EM_X86_64", "orig_ax"), "aarch64": ("EM_AARCH64", "orig_x0")}
 
 
 @pytest.fixture(scope="module")
-def wheel_path():
+def wheels():
     subprocess.run(["make", "-s", "wheel"], cwd=ROOT, check=True, capture_output=True)
-    (wheel,) = glob.glob(os.path.join(ROOT, "wheelhouse", "httptrace-*.whl"))
-    return wheel
+    found = {cpu: glob.glob(os.path.join(ROOT, "wheelhouse", f"httptrace-*_{cpu}.whl")) for cpu in ARCHES}
+    assert all(len(paths) == 1 for paths in found.values()), found
+    assert len(glob.glob(os.path.join(ROOT, "wheelhouse", "*.whl"))) == len(ARCHES)
+    return {cpu: paths[0] for cpu, paths in found.items()}
+
+
+@pytest.fixture(scope="module")
+def wheel_path(wheels):
+    """The wheel of this machine, which the tests below install and run."""
+    return wheels[platform.machine()]
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHES))
+def any_wheel(request, wheels):
+    """Each arch's wheel, for the checks that read files only."""
+    return request.param, wheels[request.param]
 
 
 @pytest.fixture(scope="module")
@@ -36,28 +59,49 @@ def wheel_venv(wheel_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def module_elf(wheel_path):
-    with zipfile.ZipFile(wheel_path) as wheel:
+def module_elf(any_wheel):
+    with zipfile.ZipFile(any_wheel[1]) as wheel:
         return ELFFile(io.BytesIO(wheel.read(MODULE)))
 
 
-def test_wheel_is_abi3_manylinux2014(wheel_path):
+def test_wheel_is_abi3_manylinux2014(any_wheel):
+    cpu, wheel_path = any_wheel
     # name-version-python-abi-platform(s).whl; auditwheel writes both names of the platform
     _, _, python, abi, platforms = os.path.basename(wheel_path)[: -len(".whl")].split("-")
     assert (python, abi) == ("cp39", "abi3"), wheel_path
-    assert "manylinux_2_17_x86_64" in platforms.split("."), wheel_path
+    assert f"manylinux_2_17_{cpu}" in platforms.split("."), wheel_path
     show = subprocess.run([sys.executable, "-m", "auditwheel", "show", wheel_path], capture_output=True,
                           text=True, check=True).stdout
-    assert 'consistent with the following platform tag: "manylinux_2_17_x86_64"' in " ".join(show.split()), show
+    assert f'consistent with the following platform tag: "manylinux_2_17_{cpu}"' in " ".join(show.split()), show
 
 
-def test_wheel_has_one_shared_object_the_abi3_module(wheel_path):
+def test_wheel_carries_its_arch_module_and_object_only(any_wheel):
+    cpu, wheel_path = any_wheel
+    machine, pt_regs_member = ARCHES[cpu]
+    with zipfile.ZipFile(wheel_path) as wheel:
+        objects = [n for n in wheel.namelist() if n.endswith(".bpf.o")]
+        module = ELFFile(io.BytesIO(wheel.read(MODULE)))
+        obj = wheel.read(OBJECT)
+    assert objects == [OBJECT]
+    assert module["e_machine"] == machine
+    # the eBPF object was compiled against that arch's vmlinux.h: struct pt_regs is the arch's
+    with tempfile.NamedTemporaryFile(suffix=".o") as f:
+        f.write(obj)
+        f.flush()
+        _, pt_regs = struct_layouts(f.name)["pt_regs"]
+    assert pt_regs_member in pt_regs, sorted(pt_regs)
+    assert not {m for _, m in ARCHES.values() if m != pt_regs_member} & set(pt_regs), sorted(pt_regs)
+
+
+def test_wheel_has_one_shared_object_the_abi3_module(any_wheel):
+    _, wheel_path = any_wheel
     with zipfile.ZipFile(wheel_path) as wheel:
         shared = [n for n in wheel.namelist() if re.search(r"\.so(\.|$)", n)]
     assert shared == [MODULE]  # nothing grafted into httptrace.libs/
 
 
-def test_every_shared_object_needs_glibc_2_17_at_most(wheel_path):
+def test_every_shared_object_needs_glibc_2_17_at_most(any_wheel):
+    _, wheel_path = any_wheel
     with zipfile.ZipFile(wheel_path) as wheel:
         objects = {n: ELFFile(io.BytesIO(wheel.read(n))) for n in wheel.namelist() if re.search(r"\.so(\.|$)", n)}
     assert MODULE in objects
@@ -82,7 +126,8 @@ def test_module_links_libbpf_libelf_zlib_statically(module_elf):
 
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="abi3audit needs Python >= 3.10")
-def test_module_uses_only_the_stable_abi_of_3_9(wheel_path):
+def test_module_uses_only_the_stable_abi_of_3_9(any_wheel):
+    _, wheel_path = any_wheel
     result = subprocess.run([sys.executable, "-m", "abi3audit", "--strict", "--report", wheel_path],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

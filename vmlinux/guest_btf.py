@@ -6,8 +6,8 @@ Debian's arm64 vmlinuz is a raw Image with no ELF .BTF section to dump, so the k
 a few seconds) with an initramfs of busybox and the virtio block modules, which copies
 /sys/kernel/btf/vmlinux onto a raw disk; `bpftool btf dump file <that> format c` writes the header.
 The kernel and busybox come from Debian with `apt-get download` through an apt of their own under the
-cache (${HTTPTRACE_CACHE:-/var/cache/httptrace}/apt/<suite>-<arch>): the host's apt and dpkg
-architectures stay as they are. The raw BTF is kept in the cache beside the kernel.
+cache (build.foreign_apt: ${HTTPTRACE_CACHE:-/var/cache/httptrace}/apt/<suite>-<arch>): the host's apt
+and dpkg architectures stay as they are. The raw BTF is kept in the cache beside the kernel.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from build import foreign_apt  # noqa: E402  (the apt build.py fetches arm64 Python headers with)
+
 CACHE = os.environ.get("HTTPTRACE_CACHE") or "/var/cache/httptrace"
-MIRROR = os.environ.get("HTTPTRACE_DEBIAN_MIRROR") or "http://deb.debian.org/debian"
-SECURITY_MIRROR = os.environ.get("HTTPTRACE_DEBIAN_SECURITY_MIRROR") or "http://deb.debian.org/debian-security"
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 # arch: (Debian arch, suite, kernel package with `*` for the ABI number, QEMU command before -kernel)
 GUESTS = {
@@ -39,7 +39,7 @@ MODULES = ("virtio_mmio", "virtio_blk")  # the virt machine's virtio transport a
 BTF_MAGIC = 0xEB9F
 
 INIT = """#!/bin/busybox sh
-/bin/busybox mkdir -p /sys /dev /proc
+/bin/busybox mkdir -p /sys /dev
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev
 for m in {modules}; do /bin/busybox insmod /modules/$m.ko || echo "guest-btf: insmod $m failed"; done
@@ -59,19 +59,7 @@ class Apt:
     """apt-get for one Debian suite and architecture, with sources, lists and downloads of its own."""
 
     def __init__(self, suite: str, arch: str):
-        d = os.path.join(CACHE, "apt", f"{suite}-{arch}")
-        for sub in ("sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial"):
-            os.makedirs(os.path.join(d, sub), exist_ok=True)
-        with open(os.path.join(d, "sources.list"), "w") as f:
-            f.write(f"deb [signed-by={KEYRING}] {MIRROR} {suite} main\n"  # the newest kernels are security updates
-                    f"deb [signed-by={KEYRING}] {SECURITY_MIRROR} {suite}-security main\n")
-        self.options = [arg for key, value in (("Dir::Etc::SourceList", f"{d}/sources.list"),
-                                               ("Dir::Etc::SourceParts", f"{d}/sources.list.d"),
-                                               ("Dir::Etc::Preferences", f"{d}/preferences"),
-                                               ("Dir::Etc::PreferencesParts", f"{d}/preferences.d"),
-                                               ("Dir::State::Lists", f"{d}/lists"), ("Dir::Cache", f"{d}/cache"),
-                                               ("APT::Architecture", arch), ("APT::Architectures::", arch))
-                        for arg in ("-o", f"{key}={value}")]
+        self.options = foreign_apt(arch, suite)
         self.updated = False
 
     def update(self) -> None:

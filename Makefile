@@ -9,7 +9,9 @@ ARGS ?=
 # libbpf, libelf and zlib are not among them: build.py builds them from Debian's source packages with zig
 # (PyPI's ziglang, installed into the venv), dpkg-dev unpacks those.
 BUILD_PKGS := clang-16 llvm-16 bpftool gcc dpkg-dev python3-dev python3-venv
-TEST_PKGS := nginx wrk curl golang-go nodejs openssl libssl-dev iproute2 procps util-linux nghttp2-client prometheus
+# qemu-user-static: tests/e2e/test_wheel.py runs the arm64 wheel's module under qemu-aarch64-static.
+TEST_PKGS := nginx wrk curl golang-go nodejs openssl libssl-dev iproute2 procps util-linux nghttp2-client prometheus \
+	qemu-user-static
 BENCH_PKGS := nginx wrk tcpdump tshark apache2-utils nghttp2-client
 # tests/kernels: QEMU boots the guests of tests/kernels/kernels.txt (Debian kernels, debootstrapped Debian
 # userlands) and runs the wheel in each; go builds the static seed server they serve.

@@ -194,3 +194,70 @@ def test_wheel_exports_the_public_api_and_is_typed(wheel_venv, tmp_path):
     typed, version = out.splitlines()
     assert typed == "typed True"
     assert re.fullmatch(r"version \d+\.\d+\.\d+.*", version), version   # from the wheel's metadata
+
+
+# ---- the arm64 wheel's native code runs: under qemu-user, with Debian's arm64 Python ----------------
+
+ARM64_PYTHON = ("libc6", "zlib1g", "libexpat1", "libffi8", "libpython3.11-minimal", "python3.11-minimal",
+                "libpython3.11-stdlib", "python3-cffi-backend")
+OPEN_OBJECT = """
+import platform, sys
+import httptrace._libbpf as m
+from httptrace import checks
+print("machine", platform.machine(), checks.check_arch().ok)
+obj = m.lib.bpf_object__open_file(checks.object_path().encode(), m.ffi.NULL)
+assert obj != m.ffi.NULL, "bpf_object__open_file failed"
+prog = m.lib.bpf_object__next_program(obj, m.ffi.NULL)
+while prog != m.ffi.NULL:
+    print("program", m.ffi.string(m.lib.bpf_program__name(prog)).decode())
+    prog = m.lib.bpf_object__next_program(obj, prog)
+m.lib.bpf_object__close(obj)
+"""
+
+
+def _programs(out: str) -> list[str]:
+    return sorted(line.split()[1] for line in out.splitlines() if line.startswith("program "))
+
+
+@pytest.fixture(scope="module")
+def arm64_sysroot():
+    """Debian bookworm's arm64 python3.11 and cffi backend, unpacked once into the cache."""
+    import build   # the repository's build.py: its apt for foreign architectures
+
+    root = os.path.join(os.path.dirname(build.CACHE), "arm64-python3.11")
+    if not os.path.isfile(os.path.join(root, "usr", "bin", "python3.11")):
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(build.CACHE)) as tmp:
+            os.chmod(tmp, 0o755)   # apt downloads as user _apt where it can
+            options = build.foreign_apt("arm64")
+            subprocess.run(["apt-get", *options, "update", "-qq"], check=True, capture_output=True)
+            subprocess.run(["apt-get", *options, "download", "-qq", *ARM64_PYTHON], cwd=tmp, check=True,
+                           capture_output=True)
+            tree = os.path.join(tmp, "tree")
+            for deb in glob.glob(os.path.join(tmp, "*.deb")):
+                subprocess.run(["dpkg-deb", "-x", deb, tree], check=True)
+            shutil.rmtree(root, ignore_errors=True)
+            os.rename(tree, root)
+    return root
+
+
+def test_arm64_wheel_loads_its_libbpf_and_opens_its_object_under_qemu(wheels, arm64_sysroot, tmp_path):
+    """The aarch64 module imports in an arm64 CPython 3.11 (qemu-aarch64-static), and its libbpf, libelf
+    and zlib parse the arm64 object: the same programs as the x86-64 object has."""
+    qemu = shutil.which("qemu-aarch64-static")
+    assert qemu, "qemu-aarch64-static is missing: make test installs qemu-user-static"
+    with zipfile.ZipFile(wheels["aarch64"]) as wheel:
+        wheel.extractall(tmp_path / "arm64")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'arm64'}:{arm64_sysroot}/usr/lib/python3/dist-packages",
+               PYTHONHOME=f"{arm64_sysroot}/usr", PYTHONNOUSERSITE="1")
+    env.pop("HTTPTRACE_BPF_OBJECT", None)
+    done = subprocess.run([qemu, "-L", arm64_sysroot, f"{arm64_sysroot}/usr/bin/python3.11", "-c", OPEN_OBJECT],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "machine aarch64 True" in done.stdout
+    with zipfile.ZipFile(wheels["x86_64"]) as wheel:
+        wheel.extractall(tmp_path / "x86")
+    native_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HTTPTRACE"))}
+    native = subprocess.run([sys.executable, "-c", OPEN_OBJECT], cwd=tmp_path, capture_output=True, text=True,
+                            env=dict(native_env, PYTHONPATH=str(tmp_path / "x86")), timeout=300)
+    assert native.returncode == 0, native.stdout + native.stderr
+    assert _programs(done.stdout) == _programs(native.stdout) and len(_programs(done.stdout)) > 20

@@ -14,6 +14,10 @@
 #define ARG2(r) BPF_CORE_READ(r, si)
 #define ARG3(r) BPF_CORE_READ(r, dx)
 #define SYSCALL_NR(r) BPF_CORE_READ(r, orig_ax)
+/* The same from bpf_task_pt_regs()'s trusted pointer: plain loads instead of probe reads. */
+#define TASK_ARG1(r) ((r)->di)
+#define TASK_ARG2(r) ((r)->si)
+#define TASK_ARG3(r) ((r)->dx)
 
 /* compat: the user registers of the current syscall where kernels before 5.15 keep them, at the top of
  * the task's kernel stack (x86-64: stack + THREAD_SIZE, 16 KiB, or 32 KiB with KASAN; struct pt_regs
@@ -48,6 +52,9 @@ static __always_inline struct pt_regs *stack_top_regs(int nr)
 #define ARG2(r) BPF_CORE_READ(r, regs[1])
 #define ARG3(r) BPF_CORE_READ(r, regs[2])
 #define SYSCALL_NR(r) BPF_CORE_READ(r, syscallno)
+#define TASK_ARG1(r) ((r)->orig_x0)
+#define TASK_ARG2(r) ((r)->regs[1])
+#define TASK_ARG3(r) ((r)->regs[2])
 
 /* compat: as on x86-64, task_pt_regs() is the last struct pt_regs below stack + THREAD_SIZE
  * (arch/arm64/include/asm/processor.h). THREAD_SIZE is 1 << max(14 + KASAN, PAGE_SHIFT) with

@@ -9,7 +9,9 @@ ARGS ?=
 # libbpf, libelf and zlib are not among them: build.py builds them from Debian's source packages with zig
 # (PyPI's ziglang, installed into the venv), dpkg-dev unpacks those.
 BUILD_PKGS := clang-16 llvm-16 bpftool gcc dpkg-dev python3-dev python3-venv
-TEST_PKGS := nginx wrk curl golang-go nodejs openssl libssl-dev iproute2 procps util-linux nghttp2-client prometheus
+# qemu-user-static: tests/e2e/test_wheel.py runs the arm64 wheel's module under qemu-aarch64-static.
+TEST_PKGS := nginx wrk curl golang-go nodejs openssl libssl-dev iproute2 procps util-linux nghttp2-client prometheus \
+	qemu-user-static
 BENCH_PKGS := nginx wrk tcpdump tshark apache2-utils nghttp2-client
 # tests/kernels: QEMU boots the guests of tests/kernels/kernels.txt (Debian kernels, debootstrapped Debian
 # userlands) and runs the wheel in each; go builds the static seed server they serve.
@@ -84,21 +86,41 @@ test-e2e: sysdeps-test build
 # The wheel, built once, in each guest of tests/kernels/kernels.txt (see docs/kernels.md); caches in
 # ${HTTPTRACE_CACHE:-/var/cache/httptrace}.
 test-kernels: sysdeps-kernels wheel
-	HTTPTRACE_WHEEL="$$(ls $(CURDIR)/wheelhouse/httptrace-*.whl)" $(PY) -m pytest -ra tests/kernels
+	HTTPTRACE_WHEEL="$$(ls $(CURDIR)/wheelhouse/httptrace-*x86_64.whl)" $(PY) -m pytest -ra tests/kernels
 
 bench: sysdeps-test build
 	$(call apt_ensure,$(BENCH_PKGS))
 	$(PY) bench/run.py
 
+# One wheel per arch in wheelhouse/, each with its own eBPF object and module: ARCH=x86 or ARCH=arm64 builds
+# one, no ARCH both. arm64 is cross-built here (build.py: zig cc, Debian's arm64 pyconfig.h); auditwheel
+# (>= 6.4 reads the arch from the wheel) offers only this machine's tags by name, so a foreign wheel is
+# repaired with `auto` and its tag checked after.
+WHEEL_ARCHES := $(or $(ARCH),x86 arm64)
 wheel: $(VENV)/.installed
 	rm -rf dist wheelhouse
-	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist .
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m auditwheel repair --plat manylinux_2_17_x86_64 -w wheelhouse dist/httptrace-*.whl
+	@set -e; for arch in $(WHEEL_ARCHES); do \
+	  case $$arch in x86) cpu=x86_64;; arm64) cpu=aarch64;; *) echo "ARCH=$$arch: x86 or arm64"; exit 1;; esac; \
+	  plat=manylinux_2_17_$$cpu; [ $$cpu = $$(uname -m) ] && repair=$$plat || repair=auto; \
+	  rm -rf dist build/lib.* build/temp.* build/bdist.*; \
+	  echo "wheel for $$cpu"; \
+	  HTTPTRACE_ARCH=$$cpu $(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist .; \
+	  PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m auditwheel repair --plat $$repair -w wheelhouse dist/httptrace-*.whl; \
+	  ls wheelhouse/httptrace-*[.-]$$plat.whl >/dev/null || { echo "no $$plat wheel in wheelhouse/"; exit 1; }; \
+	done; rm -rf dist
 	@ls wheelhouse/
 
+# vmlinux/$(ARCH)/vmlinux.h: x86 (the default) from this host's kernel; arm64 from Debian's arm64 kernel,
+# booted under QEMU to read its BTF (vmlinux/guest_btf.py).
 vmlinux:
 	$(call apt_ensure,bpftool)
+ifeq ($(or $(ARCH),x86),x86)
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux/x86/vmlinux.h
+else
+	$(call apt_ensure,qemu-system-arm dpkg-dev)
+	$(MAKE) $(VENV)/.installed
+	$(PY) vmlinux/guest_btf.py $(ARCH)
+endif
 
 clean:
 	rm -rf build dist wheelhouse *.egg-info httptrace/bpf/*.bpf.o httptrace/_libbpf*.so httptrace/_libbpf.c

@@ -18,6 +18,7 @@ import hashlib
 import importlib.metadata
 import inspect
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -53,10 +54,24 @@ SOURCES = {  # source package: (Debian version, {downloaded file: sha256})
 }
 ZIGLANG_VERSION = "0.17.1"  # PyPI ziglang, the C compiler for all three (same pin in pyproject.toml)
 GLIBC = "2.17"              # the oldest glibc the module may need: manylinux_2_17 (manylinux2014)
-ARCH = os.environ.get("HTTPTRACE_ARCH", "x86_64")  # zig's name of the target CPU; aarch64 is next
+ARCH = os.environ.get("HTTPTRACE_ARCH", "x86_64")  # zig's name of the target CPU: x86_64 or aarch64
+# zig's CPU name -> the kernel's (bpf_tracing.h's __TARGET_ARCH_*, vmlinux/<name>/vmlinux.h)
+KERNEL_ARCH = {"x86_64": "x86", "aarch64": "arm64"}
 CFLAGS = "-O2 -fPIC -fno-sanitize=undefined"  # PIC: they go into a shared object; zig cc's default
 #                                               UBSan traps would otherwise be compiled in
 CACHE = os.path.join(os.environ.get("HTTPTRACE_CACHE") or "/var/cache/httptrace", "deps")
+
+# A cross build (HTTPTRACE_ARCH is not this machine) compiles the module against that CPU's pyconfig.h:
+# Debian bookworm's libpython3.11-dev of its Debian arch, fetched with apt-get download (an apt of its
+# own, see foreign_apt) and checked against this sha256. Any CPython >= 3.9's headers serve: the module
+# uses the limited API (abi3), as with the build Python's own headers on x86-64.
+PYTHON_DEV = {  # zig arch: (Debian arch, package, version, sha256 of the .deb)
+    "aarch64": ("arm64", "libpython3.11-dev", "3.11.2-6+deb12u9",
+                "fb34da3be5eb345a6a34c5a7ef760a33ff22054d46b8906b81b2fa8e80c26a7f"),
+}
+DEBIAN_MIRROR = os.environ.get("HTTPTRACE_DEBIAN_MIRROR") or "http://deb.debian.org/debian"
+DEBIAN_SECURITY_MIRROR = (os.environ.get("HTTPTRACE_DEBIAN_SECURITY_MIRROR")
+                          or "http://deb.debian.org/debian-security")
 
 
 # ---- vendored C libraries: the recipe ---------------------------------------------------------------
@@ -169,6 +184,9 @@ def _runner(work: str, arch: str):
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("MAKE", "MFLAGS", "CFLAGS", "CPPFLAGS", "LDFLAGS", "CC", "CXX", "AR"))}
     base.update(PATH=f"{bin_dir}:{os.environ['PATH']}", CC="cc", CXX="c++", AR="ar", RANLIB="ranlib")
+    if arch != platform.machine():  # cross: autoconf reads these from the environment too (else it runs
+        # its test programs, which fail); zlib's configure and libbpf's Makefile need only CC
+        base.update(build_alias=f"{platform.machine()}-linux-gnu", host_alias=f"{arch}-linux-gnu")
     log_path = os.path.join(work, "build.log")
 
     def run(cmd: list[str], cwd: str, **env: str) -> None:
@@ -229,23 +247,76 @@ def _read(path: str) -> str | None:
         return None
 
 
+def cross_build(arch: str = ARCH) -> bool:
+    return arch != platform.machine()
+
+
+def foreign_apt(deb_arch: str, suite: str = "bookworm") -> list[str]:
+    """apt-get options for Debian `suite` of another architecture, with sources and lists of its own under
+    the cache: the host's apt and dpkg architectures stay as they are. Call `apt-get update` once with them."""
+    d = os.path.join(os.path.dirname(CACHE), "apt", f"{suite}-{deb_arch}")
+    for sub in ("sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial"):
+        os.makedirs(os.path.join(d, sub), exist_ok=True)
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    with open(os.path.join(d, "sources.list"), "w") as f:
+        f.write(f"deb [signed-by={keyring}] {DEBIAN_MIRROR} {suite} main\n"
+                f"deb [signed-by={keyring}] {DEBIAN_SECURITY_MIRROR} {suite}-security main\n")
+    return [arg for key, value in (("Dir::Etc::SourceList", f"{d}/sources.list"),
+                                   ("Dir::Etc::SourceParts", f"{d}/sources.list.d"),
+                                   ("Dir::Etc::Preferences", f"{d}/preferences"),
+                                   ("Dir::Etc::PreferencesParts", f"{d}/preferences.d"),
+                                   ("Dir::State::Lists", f"{d}/lists"), ("Dir::Cache", f"{d}/cache"),
+                                   ("APT::Architecture", deb_arch), ("APT::Architectures::", deb_arch))
+            for arg in ("-o", f"{key}={value}")]
+
+
+def cross_python_include(arch: str = ARCH) -> list[str]:
+    """Include directories that come before the build Python's own for a cross build, else none: Debian's
+    /usr/include/python3.11 (Python.h includes the pyconfig.h beside it, which picks
+    <aarch64-linux-gnu/python3.11/pyconfig.h>) and /usr/include, unpacked once into the cache."""
+    if not cross_build(arch):
+        return []
+    deb_arch, package, version, sha256 = PYTHON_DEV[arch]
+    out = os.path.join(CACHE, f"{package}-{version}-{deb_arch}")
+    if not os.path.isdir(out):
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            os.chmod(tmp, 0o755)  # apt downloads as user _apt where it can
+            options = foreign_apt(deb_arch)
+            for cmd in (["update", "-qq"], ["download", "-qq", f"{package}={version}"]):
+                done = subprocess.run(["apt-get", *options, *cmd], cwd=tmp, capture_output=True, text=True)
+                if done.returncode:
+                    sys.exit(f"build.py: apt-get {' '.join(cmd)} ({deb_arch}) failed:\n{done.stderr.strip()}\n"
+                             "(a pin that left the archive needs a new version and sha256 in PYTHON_DEV)")
+            (deb,) = glob.glob(os.path.join(tmp, "*.deb"))
+            if _sha256(deb) != sha256:
+                sys.exit(f"build.py: {os.path.basename(deb)} has sha256 {_sha256(deb)}, the pin is {sha256}")
+            subprocess.run(["dpkg-deb", "-x", deb, os.path.join(tmp, "tree")], check=True)
+            os.rename(os.path.join(tmp, "tree"), out)
+    include = os.path.join(out, "usr", "include")
+    return [os.path.join(include, os.path.basename(glob.glob(os.path.join(include, "python3*"))[0])), include]
+
+
 @contextlib.contextmanager
 def zig_linker(arch: str = ARCH):
     """Link the module with zig for glibc 2.17: zig's own glibc stubs decide the symbol versions (the host's
-    gcc still compiles the module's C, against Python's headers). The version script exports PyInit only:
-    the static libraries' symbols neither clash with nor bind to another libbpf or libz in the process."""
-    saved = os.environ.get("LDSHARED")
+    gcc still compiles the module's C, against Python's headers; a cross build compiles with zig too). The
+    version script exports PyInit only: the static libraries' symbols neither clash with nor bind to
+    another libbpf or libz in the process."""
+    saved = {name: os.environ.get(name) for name in ("LDSHARED", "CC")}
     with tempfile.NamedTemporaryFile("w", suffix=".map") as exports:
         exports.write("{ global: PyInit__libbpf; local: *; };\n")
         exports.flush()
         os.environ["LDSHARED"] = f"{zig()} cc -target {zig_target(arch)} -shared -Wl,--version-script={exports.name}"
+        if cross_build(arch):
+            os.environ["CC"] = f"{zig()} cc -target {zig_target(arch)}"
         try:
             yield
         finally:
-            if saved is None:
-                del os.environ["LDSHARED"]
-            else:
-                os.environ["LDSHARED"] = saved
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def vendored_include(arch: str = ARCH) -> str:
@@ -260,18 +331,21 @@ def find_clang() -> str:
     sys.exit("build.py: clang not found (apt-get install clang-16, or set CLANG=)")
 
 
-def compile_bpf(out_dir: str = BPF_OUT_DIR) -> list[str]:
-    """bpf/*.bpf.c -> <out_dir>/*.bpf.o; returns the objects written."""
+def compile_bpf(out_dir: str = BPF_OUT_DIR, arch: str = ARCH) -> list[str]:
+    """bpf/*.bpf.c -> <out_dir>/*.bpf.o for the CPU `arch`; returns the objects written."""
     clang = find_clang()
-    build_deps()  # for the vendored libbpf headers below
+    if arch not in KERNEL_ARCH:
+        sys.exit(f"build.py: HTTPTRACE_ARCH={arch}: httptrace is built for {' or '.join(KERNEL_ARCH)}")
+    kernel_arch = KERNEL_ARCH[arch]
+    build_deps(arch)  # for the vendored libbpf headers below
     os.makedirs(out_dir, exist_ok=True)
     objects = []
     for source in BPF_SOURCES:
         obj = os.path.join(out_dir, os.path.basename(source)[: -len(".c")] + ".o")
         tmp = obj + ".tmp"  # replaced atomically: a running tracer or test may be reading the old one
-        cmd = [clang, "-target", "bpf", "-g", "-O2", "-D__TARGET_ARCH_x86", "-Wall", "-Werror",
-               "-I", os.path.join(ROOT, "vmlinux", "x86"), "-I", os.path.join(ROOT, "bpf"),
-               "-I", vendored_include(),  # bpf_helpers.h & co. of the libbpf the module links
+        cmd = [clang, "-target", "bpf", "-g", "-O2", f"-D__TARGET_ARCH_{kernel_arch}", "-Wall", "-Werror",
+               "-I", os.path.join(ROOT, "vmlinux", kernel_arch), "-I", os.path.join(ROOT, "bpf"),
+               "-I", vendored_include(arch),  # bpf_helpers.h & co. of the libbpf the module links
                "-c", source, "-o", tmp]
         subprocess.run(cmd, check=True)
         strip = shutil.which("llvm-strip-16") or shutil.which("llvm-strip")
@@ -439,6 +513,9 @@ ffibuilder.set_source("httptrace._libbpf", C_SOURCE, include_dirs=[vendored_incl
 
 
 def build_in_place() -> None:
+    if cross_build():
+        sys.exit(f"build.py: an in-place build is for this machine ({platform.machine()}); build the "
+                 f"{ARCH} wheel with `make wheel ARCH=...`")
     compile_bpf()
     tmp = os.path.join(ROOT, "build", "cffi")
     with zig_linker():

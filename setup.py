@@ -26,10 +26,14 @@ class BuildExtWithZig(build_ext):
 
     def run(self):
         httptrace_build.build_deps()
+        self.include_dirs[:0] = httptrace_build.cross_python_include()  # the target CPU's pyconfig.h
         with httptrace_build.zig_linker():
             super().run()
 
 
+wheel_options = {"py_limited_api": "cp39"}  # the module is abi3: one wheel for 3.9+
+if httptrace_build.cross_build():  # HTTPTRACE_ARCH=aarch64 on x86-64: tag the wheel with the target CPU
+    wheel_options["plat_name"] = f"linux_{httptrace_build.ARCH}"
 setup(cffi_modules=["build.py:ffibuilder"],
       cmdclass={"build_py": BuildPyWithBpf, "build_ext": BuildExtWithZig},
-      options={"bdist_wheel": {"py_limited_api": "cp39"}})  # the module is abi3: one wheel for 3.9+
+      options={"bdist_wheel": wheel_options})

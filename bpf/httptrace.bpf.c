@@ -17,6 +17,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
+#include "arch.h"
 #include "httptrace.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -554,14 +555,11 @@ struct {
 	__type(value, struct syscall_args);
 } stashed_args SEC(".maps");
 
-/* fast: x86-64 syscall arguments di, si, dx, read from the task's saved user registers. */
+/* fast: the task's saved user registers, where ARG1..ARG3 (arch.h) read the syscall's arguments. */
 static __always_inline struct pt_regs *syscall_regs(void)
 {
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
-#define ARG1(r) BPF_CORE_READ(r, di)
-#define ARG2(r) BPF_CORE_READ(r, si)
-#define ARG3(r) BPF_CORE_READ(r, dx)
 
 /* The contexts are struct syscall_trace_exit/_enter, the layout syscall tracepoints really have, not
  * trace_event_raw_sys_exit: on PREEMPT_RT kernels the two differ and CO-RE would move `ret` past the
@@ -657,20 +655,6 @@ static __always_inline bool take_args(struct syscall_args *stashed, struct sysca
 static __always_inline bool take_stashed(__u64 pid_tgid, struct syscall_args *out)
 {
 	return take_args(bpf_map_lookup_elem(&stashed_args, &pid_tgid), out);
-}
-
-/* compat: the user registers of the current syscall where kernels before 5.15 keep them, at the top of
- * the task's kernel stack (x86-64: stack + THREAD_SIZE, 16 KiB, or 32 KiB with KASAN). Trusted only if
- * the syscall number saved there is this syscall's. */
-static __always_inline struct pt_regs *stack_top_regs(int nr)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u64 stack = (__u64)BPF_CORE_READ(task, stack);
-	struct pt_regs *regs = (struct pt_regs *)(stack + (16 << 10)) - 1;
-	if (BPF_CORE_READ(regs, orig_ax) == nr)
-		return regs;
-	regs = (struct pt_regs *)(stack + (32 << 10)) - 1;
-	return BPF_CORE_READ(regs, orig_ax) == nr ? regs : NULL;
 }
 
 /* compat: the first syscall exit of a thread since the tracer attached. */
@@ -995,20 +979,7 @@ int BPF_KRETPROBE(compat_ssl_exit, int rc)
  * time the peer has answered and the reader goroutine has returned). Write returns len(b) or an error
  * that breaks the connection, so what it was given is what was sent. */
 
-/* Go's register ABI (Go >= 1.17), the one place that names registers. x86-64: arguments and results
- * in RAX, RBX, RCX, ...; the running goroutine's g in R14. */
-#if defined(__TARGET_ARCH_x86)
-#define GO_ARG1(r) ((r)->ax)  /* the receiver, c *Conn */
-#define GO_ARG2(r) ((r)->bx)  /* b []byte: data pointer, */
-#define GO_ARG3(r) ((r)->cx)  /*           length */
-#define GO_RET1(r) ((r)->ax)  /* n int */
-#define GO_RET2(r) ((r)->bx)  /* err error: the itab word, 0 when nil */
-#define GO_G(r) ((r)->r14)
-/* At a RET: where register argument i was spilled, in the caller's frame above the return address. */
-#define GO_ARG_SPILL(r, i) ((r)->sp + 8 + 8 * (i))
-#else
-#error "Go TLS probes: only x86-64 registers are mapped"
-#endif
+/* Go's register ABI: GO_ARG1.., GO_RET1.., GO_G, GO_ARG_SPILL in arch.h. */
 
 struct go_call_key {
 	__u32 tgid;

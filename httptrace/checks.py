@@ -26,6 +26,9 @@ FAST_HELPERS = {"bpf_loop": 181, "bpf_task_pt_regs": 175, "bpf_get_current_task_
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
+# platform.machine() -> the name users know; each wheel carries the eBPF object and module of one.
+ARCHES = {"x86_64": "x86-64", "aarch64": "arm64"}
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -48,6 +51,15 @@ def check_kernel() -> CheckResult:
     """The release, for the record: what the kernel can do is probed, not read off its version
     (distributions backport BPF features)."""
     return CheckResult("kernel", True, f"Linux {platform.release()}")
+
+
+def check_arch(machine: str | None = None) -> CheckResult:
+    """The CPU: the eBPF object reads its registers (bpf/arch.h), the module is built for it."""
+    machine = machine or platform.machine()
+    if machine in ARCHES:
+        return CheckResult("arch", True, f"{ARCHES[machine]} ({machine})")
+    return CheckResult("arch", False, f"{machine} is not supported",
+                       f"httptrace runs on {' and '.join(ARCHES.values())}")
 
 
 def check_btf() -> CheckResult:
@@ -142,7 +154,7 @@ def check_programs(requested: str = "auto") -> CheckResult:
 
 def require_environment() -> None:
     """Raise the first problem that makes tracing impossible, in the order a user would fix them."""
-    for check in (check_privileges, check_btf, ensure_tracefs, check_ring_buffer):
+    for check in (check_arch, check_privileges, check_btf, ensure_tracefs, check_ring_buffer):
         result = check()
         if not result.ok:
             raise EnvironmentProblem(result.detail, result.fix)
@@ -150,7 +162,7 @@ def require_environment() -> None:
 
 def run_checks(programs: str = "auto") -> list[CheckResult]:
     """Every check that only asks; the caller adds loading the object when these pass."""
-    results = [check_privileges(), check_btf(), check_kernel(), ensure_tracefs()]
+    results = [check_arch(), check_privileges(), check_btf(), check_kernel(), ensure_tracefs()]
     if all(r.ok for r in results):
         results += [check_ring_buffer(), check_programs(programs)]
     return results

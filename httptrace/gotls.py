@@ -1,12 +1,15 @@
 """Go's crypto/tls: plaintext from Go programs, which do not use OpenSSL.
 
-For each Go executable (Go >= 1.17, the register ABI; x86-64) that links crypto/tls:
+For each Go executable (Go >= 1.17, the register ABI) of this machine's CPU (x86-64 or arm64) that links
+crypto/tls:
   - find crypto/tls.(*Conn).Write and .Read (goelf: .symtab, else pclntab, so stripped builds too);
   - disassemble each (capstone) and probe its entry and every RET instruction (Write is reported at
     its entry, Read at its RETs: bpf/httptrace.bpf.c says why). Never a uretprobe: it
     rewrites the return address on a goroutine stack, which Go copies and walks, and the program
-    crashes. Never a byte scan for 0xC3 either: that byte also occurs inside other instructions
-    (`48 ff c3` is inc rbx), and an int3 there changes the instruction;
+    crashes. Never a byte scan for 0xC3 either: on x86-64 that byte also occurs inside other
+    instructions (`48 ff c3` is inc rbx), and an int3 there changes the instruction. arm64
+    instructions are 4 bytes each, and Go returns with the one `ret` (through x30), but the
+    function is decoded whole there too: a word that is no instruction means it is not probed;
   - tell the kernel where the socket fd sits behind a *tls.Conn in this build: from DWARF when the
     binary has it, else from the offsets every Go release 1.17-1.24 uses. The kernel checks the fd
     it finds is a TCP stream socket of that process before using it (bpf/httptrace.bpf.c, go_conn_fd).
@@ -15,6 +18,7 @@ Probes are attached at file offsets, to the file itself: they cover every proces
 from __future__ import annotations
 
 import os
+import platform
 import re
 import struct
 from dataclasses import dataclass, field
@@ -22,14 +26,19 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from . import events
 from ._log import get_logger
-from .goelf import EM_X86_64, Function, GoBinary, NotGo
+from .goelf import EM_AARCH64, EM_X86_64, Function, GoBinary, NotGo
 
 if TYPE_CHECKING:
     from .libbpf import BpfObject
 
 log = get_logger("httptrace.gotls")
 
-MIN_VERSION = (1, 17)   # amd64 register ABI; older Go passes arguments on the stack
+# ELF machine -> its name; the probes' programs read that CPU's registers (bpf/arch.h), so only Go
+# programs of this machine's CPU are probed.
+MACHINES = {EM_X86_64: "x86-64", EM_AARCH64: "arm64"}
+HOST_MACHINE = {"x86_64": EM_X86_64, "aarch64": EM_AARCH64}.get(platform.machine())
+# The register ABI: amd64 from Go 1.17, arm64 from 1.18; older Go passes arguments on the stack.
+MIN_VERSIONS = {EM_X86_64: (1, 17), EM_AARCH64: (1, 18)}
 WRITE, READ = "crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read"
 # function -> (entry program, RET program); "{}" is the family's prefix ("" or "compat_"): Write
 # reports at its entry, Read at its RETs.
@@ -58,21 +67,23 @@ class DecodeError(Exception):
     pass
 
 
-def _disassembler() -> Any:
+def _disassembler(machine: int) -> Any:
     import capstone  # type: ignore[import-untyped]  # imported here: only Go programs need it
 
+    if machine == EM_AARCH64:
+        return capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
     return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 
-def find_returns(code: bytes, address: int) -> List[int]:
+def find_returns(code: bytes, address: int, machine: int = EM_X86_64) -> List[int]:
     """Addresses of the RET instructions in `code` (a function's bytes, loaded at `address`), by
     decoding every instruction from the first. Raises DecodeError if any byte does not decode: a
     probe in the middle of an instruction would corrupt it."""
-    md = _disassembler()
+    md = _disassembler(machine)
     returns, decoded = [], 0
     for at, size, mnemonic, _ in md.disasm_lite(code, address):
         decoded += size
-        if mnemonic.split()[-1] in ("ret", "retq"):   # also "repz ret", "bnd ret"
+        if mnemonic.split()[-1] in ("ret", "retq"):   # also "repz ret", "bnd ret"; arm64: "ret" (x30)
             returns.append(at)
     if decoded != len(code):
         raise DecodeError(f"undecodable instruction at {address + decoded:#x}")
@@ -84,11 +95,13 @@ _ARGUMENT_REGISTERS = ("rax", "rbx")   # Read's c and b.ptr (register ABI, x86-6
 _REGISTER_ALIASES = {"rax": ("rax", "eax", "ax", "al"), "rbx": ("rbx", "ebx", "bx", "bl")}
 
 
-def arguments_spilled(code: bytes, address: int) -> bool:
+def arguments_spilled(code: bytes, address: int, machine: int = EM_X86_64) -> bool:
     """Does the function store its first two arguments in their spill slots (above the return address)
     in its straight-line prologue, before any branch, call or RET, i.e. on every path that returns? Then
     they are still there at each RET, for a call whose entry we did not see."""
-    md = _disassembler()
+    if machine == EM_AARCH64:
+        return _arm64_arguments_spilled(code, address)
+    md = _disassembler(machine)
     frame, framed, stored = 0, False, set()
     for _, _, mnemonic, op_str in md.disasm_lite(code, address):
         if not framed:   # the stack check (cmp, jbe to morestack) comes before the frame is made
@@ -109,6 +122,50 @@ def arguments_spilled(code: bytes, address: int) -> bool:
             if register not in stored and destination in _REGISTER_ALIASES[register]:
                 return False
     return stored == set(_ARGUMENT_REGISTERS)
+
+
+# arm64: `str x30, [sp, #-N]!` opens an N-byte frame (saving the return address at its bottom); Read's
+# c and b.ptr arrive in x0 and x1, and their spill slots sit above the frame, at N + 8 + 8*i (the
+# caller's saved return PC is at N). Larger frames open another way and are not recognised: no.
+_ARM64_FRAME = re.compile(r"x30, \[sp, #-(0x[0-9a-f]+|\d+)\]!$")
+_ARM64_STORE = re.compile(r"((?:[xw]\w+, )+)\[sp, #(0x[0-9a-f]+|\d+)\]$")
+_ARM64_ARGUMENTS = ("x0", "x1")
+_ARM64_PAIR_LOADS = ("ldp", "ldnp", "ldpsw", "ldxp", "ldaxp")
+_ARM64_BRANCHES = ("b", "bl", "br", "blr", "ret", "cbz", "cbnz", "tbz", "tbnz", "svc", "brk")
+
+
+def _arm64_branch(mnemonic: str) -> bool:
+    return mnemonic in _ARM64_BRANCHES or mnemonic.startswith("b.")   # b.ls, b.ne, ... (not bic, bfi)
+
+
+def _arm64_arguments_spilled(code: bytes, address: int) -> bool:
+    md = _disassembler(EM_AARCH64)
+    frame, stored = None, set()
+    for _, _, mnemonic, op_str in md.disasm_lite(code, address):
+        if frame is None:   # the stack check (ldr, cmp, b.ls to morestack) comes before the frame
+            found = _ARM64_FRAME.match(op_str) if mnemonic == "str" else None
+            if found:
+                frame = int(found.group(1), 0)
+            elif _arm64_branch(mnemonic) and mnemonic != "b.ls":
+                return False   # no frame of this form before the body
+            continue
+        if _arm64_branch(mnemonic):
+            break
+        if mnemonic.startswith("st"):   # stores write memory only (no writeback form on sp here)
+            found = _ARM64_STORE.match(op_str) if mnemonic in ("str", "stp") else None
+            if found:
+                registers = [r.strip() for r in found.group(1).split(",") if r.strip()]
+                for i, register in enumerate(registers):
+                    slot = int(found.group(2), 0) + 8 * i
+                    if register in _ARM64_ARGUMENTS and slot == frame + 8 + 8 * _ARM64_ARGUMENTS.index(register):
+                        stored.add(register)
+            continue
+        operands = [o.strip() for o in op_str.split(",")]
+        destinations = operands[:2] if mnemonic in _ARM64_PAIR_LOADS else operands[:1]
+        for register in _ARM64_ARGUMENTS:   # overwritten before it was stored: the slot is not the argument
+            if register not in stored and {register, "w" + register[1:]} & set(destinations):
+                return False
+    return stored == set(_ARM64_ARGUMENTS)
 
 
 def _member_offset(die: Any) -> Optional[int]:
@@ -217,10 +274,15 @@ def plan(path: str) -> GoTarget:
         version = binary.go_version
         if version is None:
             raise Unsupported(f"unknown Go version {binary.version!r}")
-        if version < MIN_VERSION:
-            raise Unsupported(f"{binary.version} passes arguments on the stack (Go < 1.17): unsupported")
-        if binary.machine != EM_X86_64:
-            raise Unsupported(f"{binary.version}: only x86-64 is supported so far")
+        machine = binary.machine
+        if machine not in MACHINES:
+            raise Unsupported(f"{binary.version}: ELF machine {machine} (only x86-64 and arm64 are supported)")
+        if machine != HOST_MACHINE:
+            raise Unsupported(f"{binary.version}: built for {MACHINES[machine]}, not this machine's CPU")
+        if version < MIN_VERSIONS[machine]:
+            least = ".".join(map(str, MIN_VERSIONS[machine]))
+            raise Unsupported(f"{binary.version} passes arguments on the stack on {MACHINES[machine]} "
+                              f"(Go < {least}): unsupported")
         try:
             functions = binary.functions([WRITE, READ])
         except NotGo as exc:
@@ -239,7 +301,7 @@ def plan(path: str) -> GoTarget:
                 skipped[name] = f"decode failure: {exc}"
                 continue
             if name == READ:
-                spilled = arguments_spilled(code, function.start)
+                spilled = arguments_spilled(code, function.start, machine)
         if not probes:
             raise Unsupported(f"{binary.version}: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
         offsets = dwarf_offsets(path)
@@ -258,8 +320,9 @@ def _function_probes(binary: GoBinary, function: Function) -> Tuple[Tuple[int, L
     if not 0 < size < 1 << 20:
         raise DecodeError(f"implausible size {size}")
     code = binary.read(function.start, size)
-    # pclntab ranges run to the next function, over the int3 padding: decodable, and never a RET.
-    returns = find_returns(code, function.start)
+    # pclntab ranges run to the next function, over the padding (int3; arm64: zero words, `udf #0`):
+    # decodable, and never a RET.
+    returns = find_returns(code, function.start, binary.machine)
     if not returns:
         raise DecodeError("no RET instruction")
     return (binary.file_offset(function.start), [binary.file_offset(at) for at in returns]), code

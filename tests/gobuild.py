@@ -41,9 +41,10 @@ def go_env(tmp: str, cgo: bool) -> dict:
                 GOPROXY="off", GOFLAGS="-mod=mod -buildvcs=false", CGO_ENABLED="1" if cgo else "0")
 
 
-def build(tmp: str, name: str, cgo: bool, flags: list[str], may_skip: bool = False) -> str:
-    out = os.path.join(tmp, f"gotls-{name}")
-    done = subprocess.run([go_tool(may_skip), "build", *flags, "-o", out, "."], cwd=SOURCE, env=go_env(tmp, cgo),
+def build(tmp: str, name: str, cgo: bool, flags: list[str], may_skip: bool = False, goarch: str = "") -> str:
+    out = os.path.join(tmp, f"gotls-{goarch + '-' if goarch else ''}{name}")
+    env = dict(go_env(tmp, cgo), **({"GOARCH": goarch} if goarch else {}))
+    done = subprocess.run([go_tool(may_skip), "build", *flags, "-o", out, "."], cwd=SOURCE, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"go build {' '.join(flags)} failed:\n{done.stderr}"
     return out
@@ -52,6 +53,12 @@ def build(tmp: str, name: str, cgo: bool, flags: list[str], may_skip: bool = Fal
 def build_all(tmp: str, extra: tuple = (), may_skip: bool = False) -> dict[str, str]:
     """{variant: path} for VARIANTS (and the `extra` (name, (cgo, flags)) pairs)."""
     return {name: build(tmp, name, cgo, flags, may_skip) for name, (cgo, flags) in (*VARIANTS.items(), *extra)}
+
+
+def build_arm64(tmp: str, may_skip: bool = False) -> dict[str, str]:
+    """The variants Go cross-builds for arm64 without a C toolchain (not extpie: cgo and an arm64 linker)."""
+    return {name: build(tmp, name, cgo, flags, may_skip, goarch="arm64")
+            for name, (cgo, flags) in VARIANTS.items() if not cgo}
 
 
 def go_version() -> str:

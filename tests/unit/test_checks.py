@@ -46,3 +46,14 @@ def test_an_unknown_family_is_refused():
 def test_the_kernel_check_reports_the_release_without_judging_it():
     result = checks.check_kernel()
     assert result.ok and result.detail.startswith("Linux ")
+
+
+@pytest.mark.parametrize("machine, name", [("x86_64", "x86-64"), ("aarch64", "arm64")])
+def test_both_arches_are_known(machine, name):
+    result = checks.check_arch(machine)
+    assert result.ok and result.detail == f"{name} ({machine})"
+
+
+def test_another_cpu_is_one_readable_problem():
+    result = checks.check_arch("riscv64")
+    assert not result.ok and "riscv64" in result.detail and "arm64" in result.fix

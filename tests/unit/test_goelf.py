@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from httptrace import gotls
-from httptrace.goelf import GoBinary, NotGo
+from httptrace.goelf import EM_AARCH64, EM_X86_64, GoBinary, NotGo
 
-from ..gobuild import EXTPIE_SYMBOLS, build_all, go_tool, go_version
+from ..gobuild import EXTPIE_SYMBOLS, build_all, build_arm64, go_tool, go_version
 
 FUNCTIONS = [gotls.WRITE, gotls.READ, "runtime.main", "net/http.(*conn).serve"]
 
@@ -234,3 +234,102 @@ def test_pclntab_layouts(magic, entries, base):
     found = table.functions([gotls.WRITE, gotls.READ, "missing.function"])
     assert found == {gotls.WRITE: Function(gotls.WRITE, base + entries[1], base + entries[2]),
                      gotls.READ: Function(gotls.READ, base + entries[2], base + entries[2] + 0x100)}
+
+
+# ---- arm64: the same discovery on Go programs cross-built with GOARCH=arm64 --------------------------
+
+@pytest.fixture(scope="module")
+def arm64_builds(tmp_path_factory):
+    return build_arm64(str(tmp_path_factory.mktemp("gobuilds-arm64")), may_skip=True)
+
+
+@pytest.fixture
+def on_arm64(monkeypatch):
+    """plan() probes only programs of this machine's CPU: pretend it is arm64."""
+    monkeypatch.setattr(gotls, "HOST_MACHINE", EM_AARCH64)
+
+
+RET_ARM64 = bytes.fromhex("c0035fd6")   # ret (x30), little-endian
+
+
+@pytest.mark.parametrize("function", [gotls.WRITE, gotls.READ])
+def test_arm64_returns_are_the_ones_go_objdump_sees(arm64_builds, function):
+    with GoBinary(arm64_builds["default"]) as binary:
+        assert binary.machine == EM_AARCH64
+        fn = binary.functions([function])[function]
+        code = binary.read(fn.start, fn.end - fn.start)
+        returns = gotls.find_returns(code, fn.start, EM_AARCH64)
+    assert returns and returns == objdump_returns(arm64_builds["default"], function)
+    assert all(code[at - fn.start:at - fn.start + 4] == RET_ARM64 for at in returns)
+    # every RET word is found, and nothing else: arm64 instructions do not overlap
+    assert returns == [fn.start + i for i in range(0, len(code), 4) if code[i:i + 4] == RET_ARM64]
+
+
+def test_arm64_code_is_not_decoded_as_x86(arm64_builds):
+    with GoBinary(arm64_builds["default"]) as binary:
+        fn = binary.functions([gotls.READ])[gotls.READ]
+        code = binary.read(fn.start, fn.end - fn.start)
+    with pytest.raises(gotls.DecodeError):   # decoded as x86-64 it falls apart: the machine must be passed
+        gotls.find_returns(code, fn.start, EM_X86_64)
+
+
+def test_arm64_find_returns_needs_whole_instructions():
+    assert gotls.find_returns(bytes.fromhex("1f2003d5") + RET_ARM64, 0x1000, EM_AARCH64) == [0x1004]  # nop; ret
+    with pytest.raises(gotls.DecodeError):
+        gotls.find_returns(RET_ARM64 + b"\xc0\x03", 0x1000, EM_AARCH64)   # half an instruction
+
+
+def test_arm64_read_spills_its_arguments_and_write_does_not(arm64_builds):
+    with GoBinary(arm64_builds["default"]) as binary:
+        found = binary.functions([gotls.READ, gotls.WRITE])
+        code = {fn: binary.read(f.start, f.end - f.start) for fn, f in found.items()}
+    assert gotls.arguments_spilled(code[gotls.READ], found[gotls.READ].start, EM_AARCH64)
+    assert not gotls.arguments_spilled(code[gotls.WRITE], found[gotls.WRITE].start, EM_AARCH64)
+
+
+# Go 1.19's Read prologue: ldr x16, [x28, #0x10]; cmp sp, x16; b.ls morestack; then the frame
+ARM64_CHECK = bytes.fromhex("900b40f9" "ff6330eb" "891b0054")
+ARM64_FRAME = bytes.fromhex("fe0f19f8" "fd831ff8" "fd2300d1")  # str x30, [sp, #-0x70]!; stur x29; sub x29
+ARM64_SPILL_X0 = bytes.fromhex("e03f00f9")                     # str x0, [sp, #0x78]
+ARM64_SPILL_X1 = bytes.fromhex("e14300f9")                     # str x1, [sp, #0x80]
+
+
+@pytest.mark.parametrize("code, spilled", [
+    (ARM64_CHECK + ARM64_FRAME + ARM64_SPILL_X0 + ARM64_SPILL_X1 + RET_ARM64, True),
+    (ARM64_CHECK + ARM64_FRAME + ARM64_SPILL_X1 + ARM64_SPILL_X0 + RET_ARM64, True),
+    (ARM64_CHECK + ARM64_FRAME + bytes.fromhex("e1030faa") + ARM64_SPILL_X0 + ARM64_SPILL_X1 + RET_ARM64,
+     False),                                                                              # mov x1, x15 first
+    (ARM64_CHECK + ARM64_FRAME + ARM64_SPILL_X0 + RET_ARM64 + ARM64_SPILL_X1, False),   # after a RET
+    (ARM64_CHECK + ARM64_FRAME + bytes.fromhex("e04300f9") + ARM64_SPILL_X1 + RET_ARM64, False),  # x0 in x1's slot
+    (ARM64_CHECK + ARM64_SPILL_X0 + ARM64_SPILL_X1 + RET_ARM64, False),                  # no frame opened
+])
+def test_arm64_arguments_spilled_only_in_the_straight_line_prologue(code, spilled):
+    assert gotls.arguments_spilled(code, 0x1000, EM_AARCH64) is spilled
+
+
+@pytest.mark.parametrize("name", ["default", "stripped", "pie"])
+def test_arm64_plan_probes_both_functions_at_every_return(arm64_builds, name, on_arm64):
+    target = gotls.plan(arm64_builds[name])
+    assert sorted(target.probes) == sorted([gotls.WRITE, gotls.READ]) and not target.skipped
+    assert target.offsets == gotls.DEFAULT_OFFSETS   # DWARF or the table: the same on both CPUs
+    assert target.read_args_spilled
+    with GoBinary(arm64_builds[name]) as binary:
+        for function, (entry, returns) in target.probes.items():
+            fn = binary.functions([function])[function]
+            assert entry == binary.file_offset(fn.start)
+            assert returns == [binary.file_offset(at) for at in
+                               gotls.find_returns(binary.read(fn.start, fn.end - fn.start), fn.start, EM_AARCH64)]
+
+
+def test_programs_of_another_cpu_are_not_probed(builds, arm64_builds, on_arm64, monkeypatch):
+    with pytest.raises(gotls.Unsupported, match="built for x86-64"):
+        gotls.plan(builds["default"])
+    monkeypatch.setattr(gotls, "HOST_MACHINE", EM_X86_64)
+    with pytest.raises(gotls.Unsupported, match="built for arm64"):
+        gotls.plan(arm64_builds["default"])
+
+
+def test_arm64_go_1_17_is_unsupported(arm64_builds, on_arm64, monkeypatch):
+    monkeypatch.setattr(GoBinary, "go_version", property(lambda self: (1, 17)))   # arm64's register ABI: 1.18
+    with pytest.raises(gotls.Unsupported, match="stack on arm64"):
+        gotls.plan(arm64_builds["default"])

@@ -971,7 +971,7 @@ def select_guests(listed: list[Guest], wanted: list[str]) -> list[Guest]:
         matches = [g for g in listed if want in str(g).split() or want in g.kernel]
         if not matches:
             raise SystemExit(f"--guest {want!r}: no line of kernels.txt has it (or give 'PACKAGE SUITE FAMILY [ARCH]')")
-        chosen += matches
+        chosen += [g for g in matches if g not in chosen]
     return chosen
 
 

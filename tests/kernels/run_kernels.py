@@ -499,6 +499,7 @@ def userland(suite: str, arch: str = "amd64") -> Userland:
         if facts.returncode != 0:
             raise KernelTestError(f"the {suite} {arch} userland's python3 does not run:\n{facts.stderr}")
         _remove_tree(root)
+        _remove_tree(os.path.join(base, "venv"))  # dependency_venv()'s, made by the old userland's python3
         os.rename(new, root)
         _write_json(stamp_path, {"built": wanted, "facts": json.loads(facts.stdout),
                                  "seconds": round(time.monotonic() - started)})
@@ -728,9 +729,12 @@ GUEST_CHECK = "exec python -u {dir}/guest_check.py --out {dir} --family {family}
 
 def prepare_scratch(guest: Guest, land: Userland, wheel: str, scratch: str, command: str | None = None) -> None:
     _remove_tree(scratch)
+    dependencies = dependency_wheels(wheel, land)
+    os.makedirs(scratch)
+    shutil.copytree(dependency_venv(land, dependencies), os.path.join(scratch, "venv"), symlinks=True)
     wheels = os.path.join(scratch, "wheels")
     os.makedirs(wheels)
-    for path in glob.glob(os.path.join(dependency_wheels(wheel, land), "*.whl")) + [wheel]:
+    for path in glob.glob(os.path.join(dependencies, "*.whl")) + [wheel]:
         shutil.copy(path, wheels)
     shutil.copy(seed_server(guest.arch), os.path.join(scratch, "seed-server"))
     shutil.copyfile(os.path.join(HERE, "guest_check.py"), os.path.join(scratch, "guest_check.py"))
@@ -741,32 +745,67 @@ def prepare_scratch(guest: Guest, land: Userland, wheel: str, scratch: str, comm
     shutil.rmtree(wheels)
 
 
-def install_venv(land: Userland, wheel: str, scratch: str) -> None:
-    """The venv, made by the userland's python3 and pip on the host (chroot, same arch: much faster than
-    in the emulated guest), in the scratch directory bind-mounted where the guest will mount it."""
-    mount_point = land.root + GUEST_DIR
-    venv = f"{GUEST_DIR}/venv"
-    steps = (("python3 -m venv", ["/usr/bin/python3", "-m", "venv", venv]),
-             ("pip install", [f"{venv}/bin/python", "-m", "pip", "install", "-q", "--no-index", "--no-cache-dir",
-                              "--disable-pip-version-check", "--find-links", f"{GUEST_DIR}/wheels",
-                              f"{GUEST_DIR}/wheels/{os.path.basename(wheel)}"]))
+VENV = f"{GUEST_DIR}/venv"
+
+
+def pip_install(*what: str) -> list[str]:
+    return [f"{VENV}/bin/python", "-m", "pip", "install", "-q", "--no-index", "--no-cache-dir",
+            "--disable-pip-version-check", "--find-links", f"{GUEST_DIR}/wheels", *what]
+
+
+def dependency_venv(land: Userland, dependencies: str) -> str:
+    """A venv made by the userland's python3 -m venv, with the wheel's dependencies installed by its pip,
+    once per userland and set of dependency wheels (under qemu-user both take a minute); each run copies
+    it and pip installs only the wheel into the copy."""
+    base = os.path.join(os.path.dirname(land.root), "venv")  # userland() removes it with the userland
+    wheels = sorted(glob.glob(os.path.join(dependencies, "*.whl")))
+    wanted = {"dependencies": [os.path.basename(path) for path in wheels]}
     with _locked(os.path.dirname(land.root)):
-        for point in sorted(_mounts_under(mount_point), reverse=True):  # left by a killed run
-            subprocess.run(["umount", "-l", point], check=False)
-        subprocess.run(["mount", "--bind", scratch, mount_point], check=True)
-        try:
-            for what, argv in steps:
-                done = chroot_run(land.root, argv)
-                if done.returncode != 0:
-                    raise KernelTestError(_install_problem(what, land, wheel, done.stdout + done.stderr))
-        finally:
-            subprocess.run(["umount", mount_point], check=False)
+        if (_read_json(os.path.join(base, "stamp.json")) or {}).get("built") == wanted:
+            return os.path.join(base, "venv")
+        _remove_tree(base)
+        os.makedirs(os.path.join(base, "wheels"))
+        for path in wheels:
+            shutil.copy(path, os.path.join(base, "wheels"))
+        started = time.monotonic()
+        requirements = [os.path.basename(path).split("-")[0] for path in wheels]
+        _run_in_userland(land, base, (("python3 -m venv", ["/usr/bin/python3", "-m", "venv", VENV]),
+                                      ("pip install", pip_install(*requirements))), "the dependencies")
+        shutil.rmtree(os.path.join(base, "wheels"))
+        _write_json(os.path.join(base, "stamp.json"), {"built": wanted,
+                                                       "seconds": round(time.monotonic() - started)})
+    return os.path.join(base, "venv")
+
+
+def install_venv(land: Userland, wheel: str, scratch: str) -> None:
+    """The wheel, installed by the userland's pip into the scratch directory's venv, on the host (chroot:
+    much faster than in the emulated guest; another arch's under qemu-user), the scratch directory
+    bind-mounted where the guest will mount it."""
+    with _locked(os.path.dirname(land.root)):
+        _run_in_userland(land, scratch, (("pip install", pip_install(f"{GUEST_DIR}/wheels/{os.path.basename(wheel)}")),),
+                         wheel)
+
+
+def _run_in_userland(land: Userland, directory: str, steps, wheel: str) -> None:
+    """Run the steps in the userland (chroot) with `directory` bind-mounted at GUEST_DIR; the caller holds
+    the userland's lock."""
+    mount_point = land.root + GUEST_DIR
+    for point in sorted(_mounts_under(mount_point), reverse=True):  # left by a killed run
+        subprocess.run(["umount", "-l", point], check=False)
+    subprocess.run(["mount", "--bind", directory, mount_point], check=True)
+    try:
+        for what, argv in steps:
+            done = chroot_run(land.root, argv)
+            if done.returncode != 0:
+                raise KernelTestError(_install_problem(what, land, wheel, done.stdout + done.stderr))
+    finally:
+        subprocess.run(["umount", mount_point], check=False)
 
 
 def _install_problem(what: str, land: Userland, wheel: str, output: str) -> str:
     name = os.path.basename(wheel)
     tag = "-".join(name[:-len(".whl")].split("-")[-3:])
-    problem = (f"{what} in the Debian {land.suite} userland (Python {land.python}, glibc {land.glibc}) "
+    problem = (f"{what} in the Debian {land.suite} {land.arch} userland (Python {land.python}, glibc {land.glibc}) "
                f"failed for {name}")
     if "is not a supported wheel" in output or "requires a different Python" in output:
         cp = "cp" + land.python_minor.replace(".", "")

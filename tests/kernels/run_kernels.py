@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
 """Boot each guest of kernels.txt under QEMU and run guest_check.py in it with the built wheel.
 
-    python tests/kernels/run_kernels.py [--wheel WHEEL] [--kernels FILE | --guest LINE ...]
+    python tests/kernels/run_kernels.py [--wheel WHEEL ...] [--kernels FILE | --guest LINE ...]
                                         [--timeout S] [--quiet] [--guest-command SHELL]
 
 A guest is a Debian kernel, a Debian userland and the program family httptrace must pick on that
-kernel: one line of kernels.txt. For each guest:
+kernel, of one arch (amd64, or arm64 emulated on this x86-64 host): one line of kernels.txt. It gets
+the wheel whose platform tag is its arch's. For each guest:
   * apt lists of the userland's suite, private to the cache (the host's apt configuration is left
     alone), resolve the kernel package; `apt-get download` fetches it and vmlinuz plus the modules
     init.sh needs are cached;
   * the userland is built once with debootstrap (minbase + python3, curl, openssl, nginx) and cached;
+    another arch's runs its programs on the host through qemu-user-static (binfmt_misc);
   * the scratch directory artifacts/<suite>-<package>/ gets a venv made by the userland's own python3
-    (on the host, chrooted into the userland) with the wheel and its dependencies installed from a
-    local wheelhouse (`pip download` for that Python, on the host), guest_check.py, guest.sh and the
-    seed server (Go, static);
+    (on the host, chrooted into the userland; with the dependencies made once and cached) with the
+    wheel and its dependencies installed from a local wheelhouse (`pip download` for that Python and
+    arch, on the host), guest_check.py, guest.sh and the seed server (Go, static, of the arch);
   * QEMU (software emulation: nested KVM does not boot here) boots the kernel with an initramfs of
     busybox-static, the kernel's own virtio + 9p modules and init.sh; the guest mounts the userland
     read-only and the scratch directory read-write at /httptrace over virtio-9p, chroots into the
@@ -22,8 +24,8 @@ kernel: one line of kernels.txt. For each guest:
     load failed) beside it.
 Everything downloaded or built is cached in $HTTPTRACE_CACHE (default /var/cache/httptrace), so a second
 run downloads nothing. Exit status 0 when every guest booted and passed every check. Runs as root
-(debootstrap, chroot, mount); needs qemu-system-x86, busybox-static, debootstrap and go (`make
-test-kernels` installs them).
+(debootstrap, chroot, mount); needs qemu-system-x86, busybox-static, debootstrap and go, and for the
+arm64 guests qemu-system-arm and qemu-user-static (`make test-kernels` installs them).
 """
 from __future__ import annotations
 
@@ -223,7 +225,8 @@ class SuiteApt:
                 if name != package:
                     log(f"{package}: {self.suite}-security's build failed to download; took {self.suite}'s")
                 return glob.glob(os.path.join(directory, "*.deb"))
-        raise KernelTestError(f"apt-get download {package} ({self.suite} {self.arch}) failed:\n{got.stdout}{got.stderr}")
+        raise KernelTestError(f"apt-get download {package} ({self.suite} {self.arch}) failed:\n"
+                              f"{got.stdout}{got.stderr}")
 
 
 _APTS: dict[tuple[str, str], SuiteApt] = {}
@@ -649,8 +652,8 @@ def seed_server(arch: str = "amd64") -> str:
         raise KernelTestError("go is missing (for the seed server): apt-get install golang-go (make test-kernels does)")
     with tempfile.TemporaryDirectory(prefix="httptrace-seed-") as tmp:
         built = os.path.join(tmp, "seed-server")
-        env = dict(os.environ, CGO_ENABLED="0", GOOS="linux", GOARCH=arch, GOFLAGS="", GOPROXY="off", GOPATH=os.path.join(tmp, "gopath"),
-                   GOCACHE=os.path.join(CACHE, "gocache"))
+        env = dict(os.environ, CGO_ENABLED="0", GOOS="linux", GOARCH=arch, GOFLAGS="", GOPROXY="off",
+                   GOPATH=os.path.join(tmp, "gopath"), GOCACHE=os.path.join(CACHE, "gocache"))
         done = subprocess.run([go, "build", "-o", built, "."], cwd=SEED_SOURCE, env=env, capture_output=True,
                               text=True, timeout=600)
         if done.returncode != 0:
@@ -782,8 +785,8 @@ def install_venv(land: Userland, wheel: str, scratch: str) -> None:
     much faster than in the emulated guest; another arch's under qemu-user), the scratch directory
     bind-mounted where the guest will mount it."""
     with _locked(os.path.dirname(land.root)):
-        _run_in_userland(land, scratch, (("pip install", pip_install(f"{GUEST_DIR}/wheels/{os.path.basename(wheel)}")),),
-                         wheel)
+        wheel_there = f"{GUEST_DIR}/wheels/{os.path.basename(wheel)}"
+        _run_in_userland(land, scratch, (("pip install", pip_install(wheel_there)),), wheel)
 
 
 def _run_in_userland(land: Userland, directory: str, steps, wheel: str) -> None:
@@ -853,7 +856,8 @@ def boot(guest: Guest, kernel: Kernel, land: Userland, scratch: str, timeout: in
     build_initramfs(kernel, static_busybox(guest), {"SCRATCH": GUEST_DIR, "TMPFS": " ".join(GUEST_TMPFS),
                              "MODULES": " ".join(_module_name(m) for m in kernel.modules),
                              "TIMEOUT": str(max(30, timeout - 30))}, initramfs)
-    cmd = qemu_command(guest.machine, kernel, initramfs, land.root, scratch, cpus=min(2, os.cpu_count() or 1), memory_mb=2048)
+    cmd = qemu_command(guest.machine, kernel, initramfs, land.root, scratch, cpus=min(2, os.cpu_count() or 1),
+                       memory_mb=2048)
     console = os.path.join(scratch, "console.log")
     with open(os.path.join(scratch, "qemu-command.txt"), "w") as f:
         f.write(" ".join(cmd) + "\n")

@@ -64,5 +64,5 @@ def test_wheel_in_guest(guest, wheels):
     checks = outcome.result["checks"]
     assert checks and all(c["ok"] for c in checks)
     assert outcome.result["family"] == guest.family, f"programs: {outcome.result['family']}, want {guest.family}"
-    print(f"{guest.suite} {guest.arch} {outcome.package} ({outcome.release}): {len(checks)} guest checks passed, family "
-          f"{guest.family}; {outcome.prepare_seconds:.0f}s on the host, {outcome.seconds:.0f}s in the guest")
+    print(f"{guest.suite} {guest.arch} {outcome.package} ({outcome.release}): {len(checks)} guest checks passed, "
+          f"family {guest.family}; {outcome.prepare_seconds:.0f}s on the host, {outcome.seconds:.0f}s in the guest")

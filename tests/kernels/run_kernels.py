@@ -80,7 +80,7 @@ class KernelTestError(Exception):
 class Arch:
     """What differs between the guests' architectures. `name` is Debian's (and Go's) name of the arch."""
     name: str
-    machine: str               # uname -m, and the end of the wheel's platform tag
+    uname: str                 # uname -m, and the end of the wheel's platform tag
     qemu: str                  # the system emulator
     qemu_package: str          # the Debian package that has it
     qemu_machine: tuple[str, ...]
@@ -88,7 +88,7 @@ class Arch:
 
     @property
     def pip_platform(self) -> str:
-        return f"manylinux2014_{self.machine}"  # pip accepts manylinux_2_17 and older wheels for it
+        return f"manylinux2014_{self.uname}"  # pip accepts manylinux_2_17 and older wheels for it
 
 
 ARCHES = {
@@ -98,7 +98,7 @@ ARCHES = {
     "arm64": Arch("arm64", "aarch64", "qemu-system-aarch64", "qemu-system-arm",
                   ("-machine", "virt", "-cpu", "max,pauth-impdef=on"), "ttyAMA0"),
 }
-HOST_ARCH = next((a for a in ARCHES.values() if a.machine == os.uname().machine), ARCHES["amd64"])
+HOST_ARCH = next((a for a in ARCHES.values() if a.uname == os.uname().machine), ARCHES["amd64"])
 
 
 def log(msg: str) -> None:
@@ -118,7 +118,7 @@ class Guest:
         return f"{self.kernel} {self.suite} {self.family} {self.arch}"
 
     @property
-    def machine(self) -> Arch:
+    def spec(self) -> Arch:
         return ARCHES[self.arch]
 
 
@@ -431,16 +431,16 @@ def run_foreign_binaries(arch: Arch) -> None:
         return
     if not os.path.ismount(BINFMT):
         subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT], check=True)
-    entry = os.path.join(BINFMT, f"qemu-{arch.machine}")
+    entry = os.path.join(BINFMT, f"qemu-{arch.uname}")
     if not os.path.exists(entry):
-        conf = f"/usr/lib/binfmt.d/qemu-{arch.machine}.conf"
+        conf = f"/usr/lib/binfmt.d/qemu-{arch.uname}.conf"
         if not os.path.exists(conf):
             raise KernelTestError(f"{conf} is missing: apt-get install qemu-user-static (make test-kernels does)")
         with open(conf) as f:
             line = f.read().strip()
         with open(os.path.join(BINFMT, "register"), "w") as f:
             f.write(line)
-        log(f"registered qemu-{arch.machine} in binfmt_misc ({conf})")
+        log(f"registered qemu-{arch.uname} in binfmt_misc ({conf})")
     with open(entry) as f:
         status = f.read()
     flags = re.search(r"^flags: *(\S*)", status, re.M)
@@ -660,7 +660,7 @@ def seed_server(arch: str = "amd64") -> str:
             raise KernelTestError(f"go build of the seed server failed:\n{done.stderr}")
         if not is_static(built):
             raise KernelTestError("the seed server came out dynamically linked despite CGO_ENABLED=0")
-        if elf_machine(built) != ARCHES[arch].machine:
+        if elf_machine(built) != ARCHES[arch].uname:
             raise KernelTestError(f"the seed server came out for {elf_machine(built)}, not {arch}")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         shutil.move(built, out)
@@ -681,7 +681,7 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 0) -> bytes:
 def static_busybox(guest: Guest) -> str:
     """A static busybox of the guest's arch: the host's own for the host's arch, else busybox-static of
     that arch from the suite's archive (downloaded and unpacked, not installed), once."""
-    if guest.machine == HOST_ARCH:
+    if guest.spec == HOST_ARCH:
         return BUSYBOX
     out = os.path.join(CACHE, "busybox", cache_name(guest.suite, guest.arch), "busybox")
     if os.path.exists(out):
@@ -856,7 +856,7 @@ def boot(guest: Guest, kernel: Kernel, land: Userland, scratch: str, timeout: in
     build_initramfs(kernel, static_busybox(guest), {"SCRATCH": GUEST_DIR, "TMPFS": " ".join(GUEST_TMPFS),
                              "MODULES": " ".join(_module_name(m) for m in kernel.modules),
                              "TIMEOUT": str(max(30, timeout - 30))}, initramfs)
-    cmd = qemu_command(guest.machine, kernel, initramfs, land.root, scratch, cpus=min(2, os.cpu_count() or 1),
+    cmd = qemu_command(guest.spec, kernel, initramfs, land.root, scratch, cpus=min(2, os.cpu_count() or 1),
                        memory_mb=2048)
     console = os.path.join(scratch, "console.log")
     with open(os.path.join(scratch, "qemu-command.txt"), "w") as f:
@@ -911,12 +911,12 @@ def run_guest(guest: Guest, wheel: str | None, timeout: int = DEFAULT_TIMEOUT, e
     outcome = Outcome(guest)
     started = time.monotonic()
     try:
-        missing = missing_tools(guest.machine)
+        missing = missing_tools(guest.spec)
         if missing:
             raise KernelTestError(f"a {guest.arch} guest needs {', '.join(missing)} here (make test-kernels "
                                   "installs the packages; debootstrap, chroot and mount need root)")
         if wheel is None or wheel_arch(wheel) != guest.arch:
-            raise KernelTestError(f"no {guest.machine.machine} wheel to test (given: {wheel}); make wheel "
+            raise KernelTestError(f"no {guest.spec.uname} wheel to test (given: {wheel}); make wheel "
                                   "builds one per arch")
         outcome.package = package = resolve_package(guest)
         outcome.artifacts = scratch = os.path.join(ARTIFACTS, f"{guest.suite}-{package}")
@@ -977,7 +977,7 @@ def wheel_arch(wheel: str) -> str:
     """The arch (a key of ARCHES) a wheel is for, from its platform tags (manylinux_2_17_aarch64...)."""
     tags = os.path.basename(wheel)[:-len(".whl")].split("-")[-1].split(".")
     for arch in ARCHES.values():
-        if all(tag.endswith(f"_{arch.machine}") for tag in tags):
+        if all(tag.endswith(f"_{arch.uname}") for tag in tags):
             return arch.name
     raise KernelTestError(f"{wheel}: its platform tags {'.'.join(tags)} name none of {', '.join(ARCHES)}")
 
@@ -1000,7 +1000,7 @@ def missing_tools(arch: Arch) -> list[str]:
     if arch == HOST_ARCH:
         needs.append(("busybox-static", os.path.exists(BUSYBOX)))
     else:  # the userland's programs run on the host (debootstrap, the venv) under qemu-user
-        needs.append(("qemu-user-static", os.path.exists(f"/usr/lib/binfmt.d/qemu-{arch.machine}.conf")))
+        needs.append(("qemu-user-static", os.path.exists(f"/usr/lib/binfmt.d/qemu-{arch.uname}.conf")))
     return [name for name, ok in needs if not ok]
 
 

@@ -52,9 +52,9 @@ def test_unit_tests_pass_on_debian_11s_python_3_9(wheels):
 
 @pytest.mark.parametrize("guest", GUESTS, ids=[f"{g.suite}-{g.kernel}" for g in GUESTS])
 def test_wheel_in_guest(guest, wheels):
-    needs_tools(guest.machine)
+    needs_tools(guest.spec)
     if guest.arch not in wheels:
-        cannot_run(f"no {guest.machine.machine} wheel among {sorted(wheels.values())}: make wheel builds one per arch")
+        cannot_run(f"no {guest.spec.uname} wheel among {sorted(wheels.values())}: make wheel builds one per arch")
     outcome = run_kernels.run_guest(guest, wheels[guest.arch])
     where = os.path.relpath(outcome.artifacts, run_kernels.ROOT)
     if not outcome.ok:  # pytest.fail: the message alone, not the Outcome's repr

@@ -14,8 +14,10 @@ TEST_PKGS := nginx wrk curl golang-go nodejs openssl libssl-dev iproute2 procps 
 	qemu-user-static
 BENCH_PKGS := nginx wrk tcpdump tshark apache2-utils nghttp2-client
 # tests/kernels: QEMU boots the guests of tests/kernels/kernels.txt (Debian kernels, debootstrapped Debian
-# userlands) and runs the wheel in each; go builds the static seed server they serve.
-KERNEL_PKGS := qemu-system-x86 busybox-static debootstrap golang-go
+# userlands) and runs the wheel in each; go builds the static seed server they serve. The arm64 guests:
+# qemu-system-arm emulates them, qemu-user-static runs their userland's programs on this host (debootstrap
+# --arch=arm64, the venv; the runner registers it with binfmt_misc itself, so no binfmt-support).
+KERNEL_PKGS := qemu-system-x86 qemu-system-arm qemu-user-static busybox-static debootstrap golang-go
 
 .PHONY: run test test-unit test-e2e test-kernels bench wheel vmlinux clean sysdeps-build sysdeps-src sysdeps-test sysdeps-kernels build deps
 ZIGLANG := $(shell sed -n 's/^ZIGLANG_VERSION = "\([^"]*\)".*/\1/p' build.py)
@@ -83,10 +85,12 @@ test-e2e: sysdeps-test build
 	$(PY) -m pytest -ra tests/e2e
 	HTTPTRACE_PROGRAMS=compat $(PY) -m pytest -ra tests/e2e --ignore=tests/e2e/test_wheel.py
 
-# The wheel, built once, in each guest of tests/kernels/kernels.txt (see docs/kernels.md); caches in
-# ${HTTPTRACE_CACHE:-/var/cache/httptrace}.
+# The wheels, built once, in each guest of tests/kernels/kernels.txt (see docs/kernels.md): the x86-64 one
+# in the amd64 guests, the aarch64 one in the arm64 guests (picked by platform tag; under CI=true a missing
+# one fails the test); caches in ${HTTPTRACE_CACHE:-/var/cache/httptrace}.
 test-kernels: sysdeps-kernels wheel
-	HTTPTRACE_WHEEL="$$(ls $(CURDIR)/wheelhouse/httptrace-*x86_64.whl)" $(PY) -m pytest -ra tests/kernels
+	HTTPTRACE_WHEEL="$$(ls $(CURDIR)/wheelhouse/httptrace-*_x86_64.whl $(CURDIR)/wheelhouse/httptrace-*_aarch64.whl)" \
+	  $(PY) -m pytest -ra tests/kernels
 
 bench: sysdeps-test build
 	$(call apt_ensure,$(BENCH_PKGS))

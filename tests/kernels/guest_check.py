@@ -151,7 +151,7 @@ def wire_head(message) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-SYS_BPF = 321  # x86-64
+SYS_BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]  # arm64: the generic syscall table
 GET_NEXT_ID = {"prog": 11, "map": 12, "link": 31}  # BPF_PROG/MAP/LINK_GET_NEXT_ID
 
 

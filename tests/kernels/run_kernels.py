@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
 """Boot each guest of kernels.txt under QEMU and run guest_check.py in it with the built wheel.
 
-    python tests/kernels/run_kernels.py [--wheel WHEEL] [--kernels FILE | --guest LINE ...]
+    python tests/kernels/run_kernels.py [--wheel WHEEL ...] [--kernels FILE | --guest LINE ...]
                                         [--timeout S] [--quiet] [--guest-command SHELL]
 
 A guest is a Debian kernel, a Debian userland and the program family httptrace must pick on that
-kernel: one line of kernels.txt. For each guest:
+kernel, of one arch (amd64, or arm64 emulated on this x86-64 host): one line of kernels.txt. It gets
+the wheel whose platform tag is its arch's. For each guest:
   * apt lists of the userland's suite, private to the cache (the host's apt configuration is left
     alone), resolve the kernel package; `apt-get download` fetches it and vmlinuz plus the modules
     init.sh needs are cached;
   * the userland is built once with debootstrap (minbase + python3, curl, openssl, nginx) and cached;
+    another arch's runs its programs on the host through qemu-user-static (binfmt_misc);
   * the scratch directory artifacts/<suite>-<package>/ gets a venv made by the userland's own python3
-    (on the host, chrooted into the userland) with the wheel and its dependencies installed from a
-    local wheelhouse (`pip download` for that Python, on the host), guest_check.py, guest.sh and the
-    seed server (Go, static);
+    (on the host, chrooted into the userland; with the dependencies made once and cached) with the
+    wheel and its dependencies installed from a local wheelhouse (`pip download` for that Python and
+    arch, on the host), guest_check.py, guest.sh and the seed server (Go, static, of the arch);
   * QEMU (software emulation: nested KVM does not boot here) boots the kernel with an initramfs of
     busybox-static, the kernel's own virtio + 9p modules and init.sh; the guest mounts the userland
     read-only and the scratch directory read-write at /httptrace over virtio-9p, chroots into the
@@ -22,8 +24,8 @@ kernel: one line of kernels.txt. For each guest:
     load failed) beside it.
 Everything downloaded or built is cached in $HTTPTRACE_CACHE (default /var/cache/httptrace), so a second
 run downloads nothing. Exit status 0 when every guest booted and passed every check. Runs as root
-(debootstrap, chroot, mount); needs qemu-system-x86, busybox-static, debootstrap and go (`make
-test-kernels` installs them).
+(debootstrap, chroot, mount); needs qemu-system-x86, busybox-static, debootstrap and go, and for the
+arm64 guests qemu-system-arm and qemu-user-static (`make test-kernels` installs them).
 """
 from __future__ import annotations
 
@@ -56,8 +58,7 @@ CACHE = os.environ.get("HTTPTRACE_CACHE") or "/var/cache/httptrace"
 MIRROR = os.environ.get("HTTPTRACE_DEBIAN_MIRROR") or "http://deb.debian.org/debian"
 SECURITY_MIRROR = os.environ.get("HTTPTRACE_DEBIAN_SECURITY_MIRROR") or "http://deb.debian.org/debian-security"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"  # debian-archive-keyring: every release's keys
-BUSYBOX = "/bin/busybox"
-QEMU = "qemu-system-x86_64"
+BUSYBOX = "/bin/busybox"  # the host's (busybox-static), for guests of the host's arch
 SEED_SOURCE = os.path.join(ROOT, "tests", "e2e", "servers", "seed")
 # The userland's packages the checks use: python3 (+ venv, whose pip is the distribution's), curl and
 # openssl (the distribution's libssl), nginx. debootstrap adds their dependencies, not their Recommends.
@@ -66,7 +67,6 @@ GUEST_DIR = "/httptrace"  # the scratch directory inside the userland: on the ho
 # The userland is read-only in the guest; these of its directories get a tmpfs each (nginx writes two).
 GUEST_TMPFS = ("/tmp", "/run", "/var/tmp", "/var/lib/nginx", "/var/log/nginx")
 FAMILIES = ("fast", "compat")
-PIP_PLATFORM = "manylinux2014_x86_64"  # pip accepts manylinux_2_17 and older wheels for it
 # What init.sh needs from the kernel's modules; their dependencies are added from each module's modinfo.
 WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 DEFAULT_TIMEOUT = 540  # seconds for one guest, boot to power-off
@@ -74,6 +74,31 @@ DEFAULT_TIMEOUT = 540  # seconds for one guest, boot to power-off
 
 class KernelTestError(Exception):
     pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """What differs between the guests' architectures. `name` is Debian's (and Go's) name of the arch."""
+    name: str
+    uname: str                 # uname -m, and the end of the wheel's platform tag
+    qemu: str                  # the system emulator
+    qemu_package: str          # the Debian package that has it
+    qemu_machine: tuple[str, ...]
+    console: str               # the serial console's device in the guest
+
+    @property
+    def pip_platform(self) -> str:
+        return f"manylinux2014_{self.uname}"  # pip accepts manylinux_2_17 and older wheels for it
+
+
+ARCHES = {
+    "amd64": Arch("amd64", "x86_64", "qemu-system-x86_64", "qemu-system-x86", ("-cpu", "max"), "ttyS0"),
+    # -cpu max emulates pointer authentication with QARMA, which makes everything ~6x slower (boot to
+    # init 19.7 s instead of 3.3 s); pauth-impdef=on keeps the feature with QEMU's cheap hash.
+    "arm64": Arch("arm64", "aarch64", "qemu-system-aarch64", "qemu-system-arm",
+                  ("-machine", "virt", "-cpu", "max,pauth-impdef=on"), "ttyAMA0"),
+}
+HOST_ARCH = next((a for a in ARCHES.values() if a.uname == os.uname().machine), ARCHES["amd64"])
 
 
 def log(msg: str) -> None:
@@ -87,16 +112,22 @@ class Guest:
     kernel: str  # a Debian image package; `*` stands for a number (the ABI)
     suite: str   # the Debian userland, whose archive also provides the kernel package
     family: str  # the program family httptrace must pick on this kernel: fast or compat
+    arch: str = "amd64"  # a key of ARCHES: the kernel's, the userland's and the wheel's
 
     def __str__(self) -> str:
-        return f"{self.kernel} {self.suite} {self.family}"
+        return f"{self.kernel} {self.suite} {self.family} {self.arch}"
+
+    @property
+    def spec(self) -> Arch:
+        return ARCHES[self.arch]
 
 
 def parse_guest(line: str, where: str = "") -> Guest:
     fields = line.split()
-    if len(fields) != 3 or not re.fullmatch(r"[a-z]+", fields[1]) or fields[2] not in FAMILIES:
-        raise ValueError(f"{where}{line.strip()!r}: want 'KERNEL-PACKAGE SUITE FAMILY' (family: "
-                         f"{' or '.join(FAMILIES)})")
+    if (len(fields) not in (3, 4) or not re.fullmatch(r"[a-z]+", fields[1]) or fields[2] not in FAMILIES
+            or fields[3:] and fields[3] not in ARCHES):
+        raise ValueError(f"{where}{line.strip()!r}: want 'KERNEL-PACKAGE SUITE FAMILY [ARCH]' (family: "
+                         f"{' or '.join(FAMILIES)}; arch: {' or '.join(ARCHES)}, amd64 if left out)")
     return Guest(*fields)
 
 
@@ -116,21 +147,29 @@ def _natural(name: str):
 
 # ---- apt of one suite, and the kernels -----------------------------------------------------------
 
-class SuiteApt:
-    """apt for one Debian suite (and its -security suite), with sources, lists and package cache of its
-    own under the cache: the host's apt need not know the suite, and its configuration is not changed."""
+def cache_name(name: str, arch: str) -> str:
+    """A per-arch name in the cache; amd64's are the names from before other arches (caches stay valid)."""
+    return name if arch == "amd64" else f"{name}-{arch}"
 
-    def __init__(self, suite: str):
+
+class SuiteApt:
+    """apt for one Debian suite (and its -security suite) and one arch, with sources, lists and package
+    cache of its own under the cache: the host's apt need not know the suite or the arch (no dpkg
+    --add-architecture), and its configuration is not changed."""
+
+    def __init__(self, suite: str, arch: str = "amd64"):
         self.suite = suite
-        self.dir = os.path.join(CACHE, "apt", suite)
+        self.arch = arch
+        self.dir = os.path.join(CACHE, "apt", cache_name(suite, arch))
         self.updated = False  # in this run
         d = self.dir
-        self.options = [arg for key, value in (("Dir::Etc::SourceList", "sources.list"),
-                                               ("Dir::Etc::SourceParts", "sources.list.d"),
-                                               ("Dir::Etc::Preferences", "preferences"),
-                                               ("Dir::Etc::PreferencesParts", "preferences.d"),
-                                               ("Dir::State::Lists", "lists"), ("Dir::Cache", "cache"))
-                        for arg in ("-o", f"{key}={d}/{value}")]
+        self.options = [arg for key, value in (("Dir::Etc::SourceList", f"{d}/sources.list"),
+                                               ("Dir::Etc::SourceParts", f"{d}/sources.list.d"),
+                                               ("Dir::Etc::Preferences", f"{d}/preferences"),
+                                               ("Dir::Etc::PreferencesParts", f"{d}/preferences.d"),
+                                               ("Dir::State::Lists", f"{d}/lists"), ("Dir::Cache", f"{d}/cache"),
+                                               ("APT::Architecture", arch), ("APT::Architectures", arch))
+                        for arg in ("-o", f"{key}={value}")]
         suites = [(MIRROR, suite)] + ([] if suite in ("sid", "unstable") else [(SECURITY_MIRROR, f"{suite}-security")])
         sources = "".join(f"deb [signed-by={KEYRING}] {url} {name} main\n" for url, name in suites)
         for sub in ("sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial"):
@@ -148,7 +187,7 @@ class SuiteApt:
     def update(self) -> None:
         if self.updated:
             return
-        log(f"apt-get update for {self.suite} (lists in {self.dir})")
+        log(f"apt-get update for {self.suite} {self.arch} (lists in {self.dir})")
         done = subprocess.run(["apt-get", *self.options, "update", "-qq"], capture_output=True, text=True)
         if done.returncode != 0 or not self.has_lists():
             raise KernelTestError(f"apt-get update for {self.suite} failed:\n{done.stdout}{done.stderr}")
@@ -174,30 +213,35 @@ class SuiteApt:
             self.update()
 
     def download(self, package: str, directory: str) -> list[str]:
-        """The .deb of `package` in `directory`; the lists are refreshed once if the archive dropped it."""
-        while True:
-            got = subprocess.run(["apt-get", *self.options, "download", "-q", package], cwd=directory,
+        """The .deb of `package` in `directory`; the lists are refreshed once if the archive dropped it.
+        Where the -security build is listed but cannot be fetched (bullseye-security's arm64 pool answers
+        404 here), the suite's own build (`package/suite`) is taken."""
+        for attempt, name in enumerate((package, package, f"{package}/{self.suite}")):
+            if attempt == 1:  # fresh lists (once per run), in case the archive dropped that version
+                self.update()
+            got = subprocess.run(["apt-get", *self.options, "download", "-q", name], cwd=directory,
                                  capture_output=True, text=True)
             if got.returncode == 0:
+                if name != package:
+                    log(f"{package}: {self.suite}-security's build failed to download; took {self.suite}'s")
                 return glob.glob(os.path.join(directory, "*.deb"))
-            if self.updated:
-                raise KernelTestError(f"apt-get download {package} ({self.suite}) failed:\n{got.stdout}{got.stderr}")
-            self.update()
+        raise KernelTestError(f"apt-get download {package} ({self.suite} {self.arch}) failed:\n"
+                              f"{got.stdout}{got.stderr}")
 
 
-_APTS: dict[str, SuiteApt] = {}
+_APTS: dict[tuple[str, str], SuiteApt] = {}
 
 
-def suite_apt(suite: str) -> SuiteApt:
-    if suite not in _APTS:
-        _APTS[suite] = SuiteApt(suite)
-    return _APTS[suite]
+def suite_apt(suite: str, arch: str = "amd64") -> SuiteApt:
+    if (suite, arch) not in _APTS:
+        _APTS[suite, arch] = SuiteApt(suite, arch)
+    return _APTS[suite, arch]
 
 
 def resolve_package(guest: Guest) -> str:
     if "*" not in guest.kernel:
         return guest.kernel
-    return suite_apt(guest.suite).resolve(guest.kernel)
+    return suite_apt(guest.suite, guest.arch).resolve(guest.kernel)
 
 
 @dataclasses.dataclass
@@ -333,6 +377,14 @@ def is_static(path: str) -> bool:
         return not any(seg["p_type"] == "PT_INTERP" for seg in ELFFile(f).iter_segments())
 
 
+def elf_machine(path: str) -> str:
+    """The ELF file's arch as uname -m names it (x86_64, aarch64)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        return {"EM_X86_64": "x86_64", "EM_AARCH64": "aarch64"}.get(ELFFile(f)["e_machine"], "?")
+
+
 @contextlib.contextmanager
 def _locked(directory: str):
     """One run at a time builds or chroots into a cached userland (two `make test` in parallel)."""
@@ -367,9 +419,39 @@ def chroot_run(root: str, argv: list[str], timeout: int = 600) -> subprocess.Com
 
 # ---- the userland --------------------------------------------------------------------------------
 
+BINFMT = "/proc/sys/fs/binfmt_misc"
+
+
+def run_foreign_binaries(arch: Arch) -> None:
+    """Let the host run the arch's programs (debootstrap's second stage, the userland's python3 and pip in
+    a chroot): binfmt_misc hands them to qemu-user-static. Mounts binfmt_misc where nobody has and
+    registers qemu-<machine> from qemu-user-static's own binfmt.d entry, whose flag F makes the kernel
+    open the interpreter now, so that it is found inside a chroot too."""
+    if arch == HOST_ARCH:
+        return
+    if not os.path.ismount(BINFMT):
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT], check=True)
+    entry = os.path.join(BINFMT, f"qemu-{arch.uname}")
+    if not os.path.exists(entry):
+        conf = f"/usr/lib/binfmt.d/qemu-{arch.uname}.conf"
+        if not os.path.exists(conf):
+            raise KernelTestError(f"{conf} is missing: apt-get install qemu-user-static (make test-kernels does)")
+        with open(conf) as f:
+            line = f.read().strip()
+        with open(os.path.join(BINFMT, "register"), "w") as f:
+            f.write(line)
+        log(f"registered qemu-{arch.uname} in binfmt_misc ({conf})")
+    with open(entry) as f:
+        status = f.read()
+    flags = re.search(r"^flags: *(\S*)", status, re.M)
+    if not status.startswith("enabled") or not flags or "F" not in flags.group(1):
+        raise KernelTestError(f"{entry} is not enabled with flag F (needed in a chroot):\n{status}")
+
+
 @dataclasses.dataclass
 class Userland:
     suite: str
+    arch: str
     root: str
     python: str   # "3.9.2"
     glibc: str    # "2.31"
@@ -384,40 +466,48 @@ USERLAND_FACTS = ("import json, os, platform, ssl; print(json.dumps({'python': p
                   "'glibc': os.confstr('CS_GNU_LIBC_VERSION').split()[-1], 'openssl': ssl.OPENSSL_VERSION}))")
 
 
-def userland(suite: str) -> Userland:
-    """The suite's userland, from the cache, or built with debootstrap when the package list changed."""
-    base = os.path.join(CACHE, "guests", suite)
+def userland(suite: str, arch: str = "amd64") -> Userland:
+    """The suite's userland of that arch, from the cache, or built with debootstrap when the package list
+    changed (another arch than the host's: debootstrap's second stage runs under qemu-user-static)."""
+    base = os.path.join(CACHE, "guests", cache_name(suite, arch))
     root, stamp_path = os.path.join(base, "root"), os.path.join(base, "stamp.json")
-    wanted = {"suite": suite, "mirror": MIRROR, "variant": "minbase", "packages": sorted(USERLAND_PACKAGES)}
+    wanted = {"suite": suite, "arch": arch, "mirror": MIRROR, "variant": "minbase",
+              "packages": sorted(USERLAND_PACKAGES)}
+    run_foreign_binaries(ARCHES[arch])
     with _locked(base):
-        stamp = _read_json(stamp_path)
-        if stamp and stamp.get("built") == wanted and os.path.isfile(os.path.join(root, "usr/bin/python3")):
-            return Userland(suite, root, **stamp["facts"])
+        stamp = _read_json(stamp_path) or {}
+        built = dict(stamp.get("built") or {})
+        built.setdefault("arch", "amd64")  # a stamp from before other arches
+        if built == wanted and os.path.isfile(os.path.join(root, "usr/bin/python3")):
+            return Userland(suite, arch, root, **stamp["facts"])
         if not shutil.which("debootstrap"):
             raise KernelTestError("debootstrap is missing: apt-get install debootstrap (make test-kernels does)")
         new = root + ".new"
         _remove_tree(new)
         debootstrap_log = os.path.join(base, "debootstrap.log")
-        log(f"debootstrap {suite} (minbase + {' '.join(USERLAND_PACKAGES)}) into {root}; log: {debootstrap_log}")
+        log(f"debootstrap {suite} {arch} (minbase + {' '.join(USERLAND_PACKAGES)}) into {root}; "
+            f"log: {debootstrap_log}")
         started = time.monotonic()
         with open(debootstrap_log, "w") as out:
-            done = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(USERLAND_PACKAGES)}",
-                                   f"--keyring={KEYRING}", suite, new, MIRROR], stdout=out, stderr=subprocess.STDOUT)
+            done = subprocess.run(["debootstrap", f"--arch={arch}", "--variant=minbase",
+                                   f"--include={','.join(USERLAND_PACKAGES)}", f"--keyring={KEYRING}", suite, new,
+                                   MIRROR], stdout=out, stderr=subprocess.STDOUT)
         if done.returncode != 0:
-            raise KernelTestError(f"debootstrap {suite} failed (exit {done.returncode}); the end of "
+            raise KernelTestError(f"debootstrap {suite} {arch} failed (exit {done.returncode}); the end of "
                                   f"{debootstrap_log}:\n{_tail(debootstrap_log, 15)}")
         for deb in glob.glob(os.path.join(new, "var", "cache", "apt", "archives", "*.deb")):
             os.unlink(deb)
         os.makedirs(new + GUEST_DIR, exist_ok=True)
         facts = chroot_run(new, ["/usr/bin/python3", "-c", USERLAND_FACTS])
         if facts.returncode != 0:
-            raise KernelTestError(f"the {suite} userland's python3 does not run:\n{facts.stderr}")
+            raise KernelTestError(f"the {suite} {arch} userland's python3 does not run:\n{facts.stderr}")
         _remove_tree(root)
+        _remove_tree(os.path.join(base, "venv"))  # dependency_venv()'s, made by the old userland's python3
         os.rename(new, root)
         _write_json(stamp_path, {"built": wanted, "facts": json.loads(facts.stdout),
                                  "seconds": round(time.monotonic() - started)})
-        log(f"built the {suite} userland in {time.monotonic() - started:.0f}s")
-    return userland(suite)
+        log(f"built the {suite} {arch} userland in {time.monotonic() - started:.0f}s")
+    return userland(suite, arch)
 
 
 # ---- what goes into the venv: the wheel's dependencies, the seed server --------------------------
@@ -454,8 +544,9 @@ def wheels_for(requirements: list[str], land: Userland, purpose: str) -> str:
     """A directory of binary wheels of `requirements` (and what they need) for the userland's Python,
     fetched once per purpose ('' for the wheel's own dependencies)."""
     name = f"cp{land.python_minor.replace('.', '')}" + (f"-{purpose}" if purpose else "")
-    directory = os.path.join(CACHE, "pypi", name)
-    wanted = {"python": land.python_minor, "platform": PIP_PLATFORM, "requirements": requirements,
+    directory = os.path.join(CACHE, "pypi", cache_name(name, land.arch))
+    platform = ARCHES[land.arch].pip_platform
+    wanted = {"python": land.python_minor, "platform": platform, "requirements": requirements,
               "closure": "markers for the target"}  # the stamps of runs that missed typing-extensions differ
     if (_read_json(os.path.join(directory, "stamp.json")) or {}).get("fetched") == wanted:
         return directory
@@ -468,10 +559,10 @@ def wheels_for(requirements: list[str], land: Userland, purpose: str) -> str:
     for _ in range(5):
         if not asked:
             break
-        log(f"pip download for Python {land.python_minor} ({PIP_PLATFORM}): {' '.join(asked)}")
+        log(f"pip download for Python {land.python_minor} ({platform}): {' '.join(asked)}")
         done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
                                "--dest", new, "--only-binary=:all:", "--implementation", "cp",
-                               "--python-version", land.python_minor, "--platform", PIP_PLATFORM, *asked],
+                               "--python-version", land.python_minor, "--platform", platform, *asked],
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise KernelTestError(f"pip download of {' '.join(asked)} for Python {land.python_minor} "
@@ -546,13 +637,14 @@ def run_unit_tests(suite: str, timeout: int = 900) -> subprocess.CompletedProces
                 subprocess.run(["umount", "-R", point], check=False)
 
 
-def seed_server() -> str:
-    """tests/e2e's Go seed server, built static (CGO_ENABLED=0: it runs in any userland), once per source."""
+def seed_server(arch: str = "amd64") -> str:
+    """tests/e2e's Go seed server for the arch, built static (CGO_ENABLED=0: it runs in any userland; Go
+    cross-compiles without a C toolchain), once per source."""
     digest = hashlib.sha256()
     for name in sorted(os.listdir(SEED_SOURCE)):
         with open(os.path.join(SEED_SOURCE, name), "rb") as f:
             digest.update(name.encode() + b"\0" + f.read())
-    out = os.path.join(CACHE, "seed-server", digest.hexdigest()[:16], "seed-server")
+    out = os.path.join(CACHE, "seed-server", cache_name(digest.hexdigest()[:16], arch), "seed-server")
     if os.path.exists(out):
         return out
     go = shutil.which("go")
@@ -560,14 +652,16 @@ def seed_server() -> str:
         raise KernelTestError("go is missing (for the seed server): apt-get install golang-go (make test-kernels does)")
     with tempfile.TemporaryDirectory(prefix="httptrace-seed-") as tmp:
         built = os.path.join(tmp, "seed-server")
-        env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="", GOPROXY="off", GOPATH=os.path.join(tmp, "gopath"),
-                   GOCACHE=os.path.join(CACHE, "gocache"))
+        env = dict(os.environ, CGO_ENABLED="0", GOOS="linux", GOARCH=arch, GOFLAGS="", GOPROXY="off",
+                   GOPATH=os.path.join(tmp, "gopath"), GOCACHE=os.path.join(CACHE, "gocache"))
         done = subprocess.run([go, "build", "-o", built, "."], cwd=SEED_SOURCE, env=env, capture_output=True,
                               text=True, timeout=600)
         if done.returncode != 0:
             raise KernelTestError(f"go build of the seed server failed:\n{done.stderr}")
         if not is_static(built):
             raise KernelTestError("the seed server came out dynamically linked despite CGO_ENABLED=0")
+        if elf_machine(built) != ARCHES[arch].uname:
+            raise KernelTestError(f"the seed server came out for {elf_machine(built)}, not {arch}")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         shutil.move(built, out)
     return out
@@ -584,10 +678,29 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 0) -> bytes:
     return header + encoded + pad(len(header) + len(encoded)) + data + pad(len(data))
 
 
-def build_initramfs(kernel: Kernel, config: dict[str, str], path: str) -> None:
-    if not is_static(BUSYBOX):
-        raise KernelTestError(f"{BUSYBOX} is dynamically linked: install busybox-static")
-    with open(BUSYBOX, "rb") as f:
+def static_busybox(guest: Guest) -> str:
+    """A static busybox of the guest's arch: the host's own for the host's arch, else busybox-static of
+    that arch from the suite's archive (downloaded and unpacked, not installed), once."""
+    if guest.spec == HOST_ARCH:
+        return BUSYBOX
+    out = os.path.join(CACHE, "busybox", cache_name(guest.suite, guest.arch), "busybox")
+    if os.path.exists(out):
+        return out
+    log(f"fetching busybox-static {guest.arch} from {guest.suite}")
+    with tempfile.TemporaryDirectory(prefix="httptrace-busybox-") as tmp:
+        os.chmod(tmp, 0o755)  # apt's _apt user writes the download here
+        (deb,) = suite_apt(guest.suite, guest.arch).download("busybox-static", tmp)
+        subprocess.run(["dpkg-deb", "-x", deb, os.path.join(tmp, "tree")], check=True)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        shutil.copyfile(os.path.join(tmp, "tree", "bin", "busybox"), out + ".tmp")
+        os.replace(out + ".tmp", out)
+    return out
+
+
+def build_initramfs(kernel: Kernel, busybox_path: str, config: dict[str, str], path: str) -> None:
+    if not is_static(busybox_path):
+        raise KernelTestError(f"{busybox_path} is dynamically linked: install busybox-static")
+    with open(busybox_path, "rb") as f:
         busybox = f.read()
     with open(os.path.join(HERE, "init.sh"), "rb") as f:
         init = f.read()
@@ -619,11 +732,14 @@ GUEST_CHECK = "exec python -u {dir}/guest_check.py --out {dir} --family {family}
 
 def prepare_scratch(guest: Guest, land: Userland, wheel: str, scratch: str, command: str | None = None) -> None:
     _remove_tree(scratch)
+    dependencies = dependency_wheels(wheel, land)
+    os.makedirs(scratch)
+    shutil.copytree(dependency_venv(land, dependencies), os.path.join(scratch, "venv"), symlinks=True)
     wheels = os.path.join(scratch, "wheels")
     os.makedirs(wheels)
-    for path in glob.glob(os.path.join(dependency_wheels(wheel, land), "*.whl")) + [wheel]:
+    for path in glob.glob(os.path.join(dependencies, "*.whl")) + [wheel]:
         shutil.copy(path, wheels)
-    shutil.copy(seed_server(), os.path.join(scratch, "seed-server"))
+    shutil.copy(seed_server(guest.arch), os.path.join(scratch, "seed-server"))
     shutil.copyfile(os.path.join(HERE, "guest_check.py"), os.path.join(scratch, "guest_check.py"))
     with open(os.path.join(scratch, "guest.sh"), "w") as f:
         f.write(GUEST_SH.format(suite=guest.suite, dir=GUEST_DIR, command=command or GUEST_CHECK.format(
@@ -632,32 +748,67 @@ def prepare_scratch(guest: Guest, land: Userland, wheel: str, scratch: str, comm
     shutil.rmtree(wheels)
 
 
-def install_venv(land: Userland, wheel: str, scratch: str) -> None:
-    """The venv, made by the userland's python3 and pip on the host (chroot, same arch: much faster than
-    in the emulated guest), in the scratch directory bind-mounted where the guest will mount it."""
-    mount_point = land.root + GUEST_DIR
-    venv = f"{GUEST_DIR}/venv"
-    steps = (("python3 -m venv", ["/usr/bin/python3", "-m", "venv", venv]),
-             ("pip install", [f"{venv}/bin/python", "-m", "pip", "install", "-q", "--no-index", "--no-cache-dir",
-                              "--disable-pip-version-check", "--find-links", f"{GUEST_DIR}/wheels",
-                              f"{GUEST_DIR}/wheels/{os.path.basename(wheel)}"]))
+VENV = f"{GUEST_DIR}/venv"
+
+
+def pip_install(*what: str) -> list[str]:
+    return [f"{VENV}/bin/python", "-m", "pip", "install", "-q", "--no-index", "--no-cache-dir",
+            "--disable-pip-version-check", "--find-links", f"{GUEST_DIR}/wheels", *what]
+
+
+def dependency_venv(land: Userland, dependencies: str) -> str:
+    """A venv made by the userland's python3 -m venv, with the wheel's dependencies installed by its pip,
+    once per userland and set of dependency wheels (under qemu-user both take a minute); each run copies
+    it and pip installs only the wheel into the copy."""
+    base = os.path.join(os.path.dirname(land.root), "venv")  # userland() removes it with the userland
+    wheels = sorted(glob.glob(os.path.join(dependencies, "*.whl")))
+    wanted = {"dependencies": [os.path.basename(path) for path in wheels]}
     with _locked(os.path.dirname(land.root)):
-        for point in sorted(_mounts_under(mount_point), reverse=True):  # left by a killed run
-            subprocess.run(["umount", "-l", point], check=False)
-        subprocess.run(["mount", "--bind", scratch, mount_point], check=True)
-        try:
-            for what, argv in steps:
-                done = chroot_run(land.root, argv)
-                if done.returncode != 0:
-                    raise KernelTestError(_install_problem(what, land, wheel, done.stdout + done.stderr))
-        finally:
-            subprocess.run(["umount", mount_point], check=False)
+        if (_read_json(os.path.join(base, "stamp.json")) or {}).get("built") == wanted:
+            return os.path.join(base, "venv")
+        _remove_tree(base)
+        os.makedirs(os.path.join(base, "wheels"))
+        for path in wheels:
+            shutil.copy(path, os.path.join(base, "wheels"))
+        started = time.monotonic()
+        requirements = [os.path.basename(path).split("-")[0] for path in wheels]
+        _run_in_userland(land, base, (("python3 -m venv", ["/usr/bin/python3", "-m", "venv", VENV]),
+                                      ("pip install", pip_install(*requirements))), "the dependencies")
+        shutil.rmtree(os.path.join(base, "wheels"))
+        _write_json(os.path.join(base, "stamp.json"), {"built": wanted,
+                                                       "seconds": round(time.monotonic() - started)})
+    return os.path.join(base, "venv")
+
+
+def install_venv(land: Userland, wheel: str, scratch: str) -> None:
+    """The wheel, installed by the userland's pip into the scratch directory's venv, on the host (chroot:
+    much faster than in the emulated guest; another arch's under qemu-user), the scratch directory
+    bind-mounted where the guest will mount it."""
+    with _locked(os.path.dirname(land.root)):
+        wheel_there = f"{GUEST_DIR}/wheels/{os.path.basename(wheel)}"
+        _run_in_userland(land, scratch, (("pip install", pip_install(wheel_there)),), wheel)
+
+
+def _run_in_userland(land: Userland, directory: str, steps, wheel: str) -> None:
+    """Run the steps in the userland (chroot) with `directory` bind-mounted at GUEST_DIR; the caller holds
+    the userland's lock."""
+    mount_point = land.root + GUEST_DIR
+    for point in sorted(_mounts_under(mount_point), reverse=True):  # left by a killed run
+        subprocess.run(["umount", "-l", point], check=False)
+    subprocess.run(["mount", "--bind", directory, mount_point], check=True)
+    try:
+        for what, argv in steps:
+            done = chroot_run(land.root, argv)
+            if done.returncode != 0:
+                raise KernelTestError(_install_problem(what, land, wheel, done.stdout + done.stderr))
+    finally:
+        subprocess.run(["umount", mount_point], check=False)
 
 
 def _install_problem(what: str, land: Userland, wheel: str, output: str) -> str:
     name = os.path.basename(wheel)
     tag = "-".join(name[:-len(".whl")].split("-")[-3:])
-    problem = (f"{what} in the Debian {land.suite} userland (Python {land.python}, glibc {land.glibc}) "
+    problem = (f"{what} in the Debian {land.suite} {land.arch} userland (Python {land.python}, glibc {land.glibc}) "
                f"failed for {name}")
     if "is not a supported wheel" in output or "requires a different Python" in output:
         cp = "cp" + land.python_minor.replace(".", "")
@@ -670,12 +821,14 @@ def _install_problem(what: str, land: Userland, wheel: str, output: str) -> str:
 
 # ---- booting -------------------------------------------------------------------------------------
 
-def qemu_command(kernel: Kernel, initramfs: str, root: str, scratch: str, cpus: int, memory_mb: int) -> list[str]:
+def qemu_command(arch: Arch, kernel: Kernel, initramfs: str, root: str, scratch: str, cpus: int,
+                 memory_mb: int) -> list[str]:
     return [
-        QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
+        arch.qemu, *arch.qemu_machine, "-accel", "tcg,thread=multi", "-smp", str(cpus), "-m", str(memory_mb),
         "-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio",
         "-kernel", kernel.vmlinuz, "-initrd", initramfs,
-        "-append", "console=ttyS0 rdinit=/init panic=-1 oops=panic loglevel=4 random.trust_cpu=on mitigations=off",
+        "-append", f"console={arch.console} rdinit=/init panic=-1 oops=panic loglevel=4 random.trust_cpu=on "
+                   "mitigations=off",
         "-fsdev", f"local,id=userland,path={root},security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=userland,mount_tag=userland",
         "-fsdev", f"local,id=scratch,path={scratch},security_model=none,multidevs=remap",
@@ -696,13 +849,15 @@ class Outcome:
     result: dict | None = None
 
 
-def boot(kernel: Kernel, land: Userland, scratch: str, timeout: int, echo: bool) -> tuple[int | None, float]:
+def boot(guest: Guest, kernel: Kernel, land: Userland, scratch: str, timeout: int,
+         echo: bool) -> tuple[int | None, float]:
     """Boot the guest; returns (guest.sh exit status or None when it never finished, seconds)."""
     initramfs = os.path.join(scratch, "initramfs.cpio")
-    build_initramfs(kernel, {"SCRATCH": GUEST_DIR, "TMPFS": " ".join(GUEST_TMPFS),
+    build_initramfs(kernel, static_busybox(guest), {"SCRATCH": GUEST_DIR, "TMPFS": " ".join(GUEST_TMPFS),
                              "MODULES": " ".join(_module_name(m) for m in kernel.modules),
                              "TIMEOUT": str(max(30, timeout - 30))}, initramfs)
-    cmd = qemu_command(kernel, initramfs, land.root, scratch, cpus=min(2, os.cpu_count() or 1), memory_mb=2048)
+    cmd = qemu_command(guest.spec, kernel, initramfs, land.root, scratch, cpus=min(2, os.cpu_count() or 1),
+                       memory_mb=2048)
     console = os.path.join(scratch, "console.log")
     with open(os.path.join(scratch, "qemu-command.txt"), "w") as f:
         f.write(" ".join(cmd) + "\n")
@@ -749,24 +904,30 @@ def _tail(path: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def run_guest(guest: Guest, wheel: str, timeout: int = DEFAULT_TIMEOUT, echo: bool = True,
+def run_guest(guest: Guest, wheel: str | None, timeout: int = DEFAULT_TIMEOUT, echo: bool = True,
               command: str | None = None) -> Outcome:
-    """Boot one guest and run guest_check.py (or `command`, a shell line, in the scratch directory)."""
+    """Boot one guest and run guest_check.py (or `command`, a shell line, in the scratch directory) with
+    the wheel, which must be of the guest's arch."""
     outcome = Outcome(guest)
     started = time.monotonic()
     try:
-        if os.geteuid() != 0:
-            raise KernelTestError("tests/kernels runs as root: debootstrap, chroot and mount need it")
+        missing = missing_tools(guest.spec)
+        if missing:
+            raise KernelTestError(f"a {guest.arch} guest needs {', '.join(missing)} here (make test-kernels "
+                                  "installs the packages; debootstrap, chroot and mount need root)")
+        if wheel is None or wheel_arch(wheel) != guest.arch:
+            raise KernelTestError(f"no {guest.spec.uname} wheel to test (given: {wheel}); make wheel "
+                                  "builds one per arch")
         outcome.package = package = resolve_package(guest)
         outcome.artifacts = scratch = os.path.join(ARTIFACTS, f"{guest.suite}-{package}")
-        kernel = fetch_kernel(package, suite_apt(guest.suite))
+        kernel = fetch_kernel(package, suite_apt(guest.suite, guest.arch))
         outcome.release = kernel.release
-        land = userland(guest.suite)
+        land = userland(guest.suite, guest.arch)
         log(f"{guest} -> {package} ({kernel.release}) with Debian {guest.suite} (Python {land.python}, "
             f"glibc {land.glibc}, {land.openssl}); artifacts in {os.path.relpath(scratch, ROOT)}")
         prepare_scratch(guest, land, wheel, scratch, command)
         outcome.prepare_seconds = time.monotonic() - started
-        status, outcome.seconds = boot(kernel, land, scratch, timeout, echo)
+        status, outcome.seconds = boot(guest, kernel, land, scratch, timeout, echo)
     except KernelTestError as exc:
         outcome.problem = str(exc)
         outcome.prepare_seconds = time.monotonic() - started
@@ -806,57 +967,85 @@ def _kept(outcome: Outcome) -> Outcome:
     return outcome
 
 
-def build_wheel() -> str:
+def build_wheels() -> dict[str, str]:
     log("make wheel")
     subprocess.run(["make", "-s", "wheel"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return find_wheel()
+    return wheels_by_arch(glob.glob(os.path.join(ROOT, "wheelhouse", "httptrace-*.whl")))
 
 
-def find_wheel() -> str:
-    wheels = glob.glob(os.path.join(ROOT, "wheelhouse", "httptrace-*.whl"))
-    if len(wheels) != 1:
-        raise KernelTestError(f"expected one wheel in wheelhouse/, found {wheels}")
-    return wheels[0]
+def wheel_arch(wheel: str) -> str:
+    """The arch (a key of ARCHES) a wheel is for, from its platform tags (manylinux_2_17_aarch64...)."""
+    tags = os.path.basename(wheel)[:-len(".whl")].split("-")[-1].split(".")
+    for arch in ARCHES.values():
+        if all(tag.endswith(f"_{arch.uname}") for tag in tags):
+            return arch.name
+    raise KernelTestError(f"{wheel}: its platform tags {'.'.join(tags)} name none of {', '.join(ARCHES)}")
+
+
+def wheels_by_arch(wheels: list[str]) -> dict[str, str]:
+    """Each guest gets the wheel of its arch: the wheels, by arch."""
+    found: dict[str, str] = {}
+    for wheel in wheels:
+        arch = wheel_arch(wheel)
+        if arch in found:
+            raise KernelTestError(f"two wheels for {arch}: {found[arch]} and {wheel}")
+        found[arch] = wheel
+    return found
+
+
+def missing_tools(arch: Arch) -> list[str]:
+    """The Debian packages (or root) a guest of this arch needs here and does not have."""
+    needs = [(arch.qemu_package, shutil.which(arch.qemu)), ("debootstrap", shutil.which("debootstrap")),
+             ("golang-go", shutil.which("go")), ("root", os.geteuid() == 0)]
+    if arch == HOST_ARCH:
+        needs.append(("busybox-static", os.path.exists(BUSYBOX)))
+    else:  # the userland's programs run on the host (debootstrap, the venv) under qemu-user
+        needs.append(("qemu-user-static", os.path.exists(f"/usr/lib/binfmt.d/qemu-{arch.uname}.conf")))
+    return [name for name, ok in needs if not ok]
 
 
 def select_guests(listed: list[Guest], wanted: list[str]) -> list[Guest]:
     """--guest: a whole kernels.txt line, or a word picking the listed guests whose line contains it."""
     chosen = []
     for want in wanted:
-        if len(want.split()) == 3:
+        if len(want.split()) in (3, 4):
             chosen.append(parse_guest(want, "--guest "))
             continue
         matches = [g for g in listed if want in str(g).split() or want in g.kernel]
         if not matches:
-            raise SystemExit(f"--guest {want!r}: no line of kernels.txt has it (or give 'PACKAGE SUITE FAMILY')")
-        chosen += matches
+            raise SystemExit(f"--guest {want!r}: no line of kernels.txt has it (or give 'PACKAGE SUITE FAMILY [ARCH]')")
+        chosen += [g for g in matches if g not in chosen]
     return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--wheel", help="the wheel to test (default: build it with make wheel)")
+    parser.add_argument("--wheel", action="append",
+                        help="a wheel to test, in the guests of its arch (its platform tag); repeatable "
+                             "(default: build them with make wheel)")
     parser.add_argument("--kernels", default=KERNELS_FILE, help="list of guests (default: %(default)s)")
     parser.add_argument("--guest", action="append", metavar="LINE",
-                        help="run this guest, a line as in kernels.txt ('PACKAGE SUITE FAMILY'), or the listed "
-                             "guests whose line has this word (a suite, a package); repeatable")
+                        help="run this guest, a line as in kernels.txt ('PACKAGE SUITE FAMILY [ARCH]'), or the "
+                             "listed guests whose line has this word (a suite, a package, an arch); repeatable")
     parser.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, help="seconds per guest")
     parser.add_argument("--quiet", action="store_true", help="do not echo the guest console")
     parser.add_argument("--guest-command", metavar="SHELL",
                         help="run this shell line in the guest instead of guest_check.py (to investigate: "
                              "the wheel's venv is first on PATH, the cwd is the scratch directory)")
     args = parser.parse_args(argv)
-    if not shutil.which(QEMU):
-        log(f"{QEMU} is missing: apt-get install qemu-system-x86 busybox-static debootstrap (make test-kernels does)")
-        return 2
     listed = read_guest_list(args.kernels)
     guests = select_guests(listed, args.guest) if args.guest else listed
-    wheel = args.wheel or build_wheel()
+    try:
+        wheels = wheels_by_arch(args.wheel) if args.wheel else build_wheels()
+    except KernelTestError as exc:
+        log(str(exc))
+        return 2
     outcomes = []
     for guest in guests:
-        outcome = run_guest(guest, wheel, args.timeout, echo=not args.quiet, command=args.guest_command)
+        outcome = run_guest(guest, wheels.get(guest.arch), args.timeout, echo=not args.quiet,
+                            command=args.guest_command)
         outcomes.append(outcome)
-        log(f"{'PASS' if outcome.ok else 'FAIL'} {guest.suite} {outcome.package} ({outcome.release}): "
+        log(f"{'PASS' if outcome.ok else 'FAIL'} {guest.suite} {guest.arch} {outcome.package} ({outcome.release}): "
             f"{outcome.prepare_seconds:.0f}s on the host, {outcome.seconds:.0f}s in the guest; "
             f"artifacts: {os.path.relpath(outcome.artifacts, ROOT)}")
         if outcome.problem:
@@ -864,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = sum(o.ok for o in outcomes)
     print(f"guests: {passed} passed, {len(outcomes) - passed} failed")
     for o in outcomes:
-        print(f"  {'PASS' if o.ok else 'FAIL'} {o.guest.suite:9} {o.release or o.guest.kernel:24} "
+        print(f"  {'PASS' if o.ok else 'FAIL'} {o.guest.suite:9} {o.guest.arch:5} {o.release or o.guest.kernel:24} "
               f"{o.guest.family:7} host {o.prepare_seconds:4.0f}s  guest {o.seconds:4.0f}s")
     return 0 if outcomes and passed == len(outcomes) else 1
 

@@ -377,6 +377,8 @@ class NullSink:
 class MessageReader:
     """Incremental HTTP/1.x framing of the messages one side sends.  Never raises on bad input."""
 
+    whole_messages = True   # receive_data's fast path (_read_whole); False: the state machine alone (tests)
+
     def __init__(self, kind: int, sink: Sink, *, max_body: int = 1 << 20, max_header: int = DEFAULT_MAX_HEADER,
                  mid_stream: bool = False, stats: dict[str, int] | None = None):
         self.kind = kind
@@ -432,6 +434,19 @@ class MessageReader:
             else:
                 self.stats["opaque_bytes"] += len(data)
             return
+        if state == HEAD and not self.buffer and self.whole_messages and self.kind != EITHER:
+            # The common case: the event begins with a whole head (see _read_whole).
+            first = data[0]
+            end = data.find(b"\n\r\n")
+            if (0 < end <= self.max_header and first != 13 and first != 10
+                    and data.find(b"\n\n", 0, end) < 0):
+                try:
+                    b = parse_head(data[:end - 1 if data[end - 1] == 13 else end].decode("latin-1"), self.kind)
+                except MalformedHead:
+                    pass    # the state machine reports it, as if there were no fast path
+                else:
+                    self._read_whole(data, b, end + 3)
+                    return
         if state == SYNC and _START_HERE[self.kind].match(data) is not None:
             # Lost our place, and this event begins with a start line: an event begins a write, and a
             # message usually does too.  Whatever partial line we kept (the end of a body with no
@@ -578,9 +593,8 @@ class MessageReader:
 
     # -- the state machine -------------------------------------------------------------------------
 
-    def _run(self, view: Bytes) -> int:
-        """Consume as much of `view` as the current state allows; returns the index consumed up to."""
-        i = 0
+    def _run(self, view: Bytes, i: int = 0) -> int:
+        """Consume as much of `view[i:]` as the current state allows; returns the index consumed up to."""
         n = len(view)
         handlers = _HANDLERS
         while i < n:
@@ -653,6 +667,10 @@ class MessageReader:
             b = parse_head(view[i:end - 1 if view[end - 1] == 13 else end].decode("latin-1"), self.kind)
         except MalformedHead as error:
             return self._fail_head(view, i, error)
+        return self._head_read(view, i, after, b)
+
+    def _head_read(self, view: Bytes, i: int, after: int, b: MessageBuilder) -> int:
+        """The head at view[i:after] parsed as `b`: start the message (or skip an interim response)."""
         self._first_line_ok = False
         self._synced_on(b.is_request)
         b.first_ts = self._buffer_ts if i < self._old_len else self._ts
@@ -687,6 +705,59 @@ class MessageReader:
         else:
             self._frame_body(b, framing)
         return after
+
+    def _read_whole(self, data: Bytes, b: MessageBuilder, after: int) -> None:
+        """receive_data's fast path: `data` begins with a whole head, parsed as `b` (state HEAD,
+        nothing buffered, kind known).  The usual messages (a request without Transfer-Encoding,
+        a final response framed by Content-Length) are started and, when their body is here,
+        finished in a few steps; anything else goes through _head_read.  Whatever follows the
+        message goes to the state machine.  The steps, and their order, are the state machine's:
+        tests/unit/test_http1_fast_path.py compares the two."""
+        self._old_len = 0
+        n = len(data)
+        ts = self._ts
+        if b.transfer_encoding or not (b.is_request or (b.content_length is not None and b.status >= 200  # type: ignore[operator]  # a response's
+                                                          and b.status != 204 and b.status != 304)):
+            i = self._head_read(data, 0, after, b)
+        else:
+            self._first_line_ok = False
+            self.synced = True      # (_synced_on: the kind is known)
+            b.first_ts = b.last_ts = ts
+            if self._next_flags:
+                b.flags = self._next_flags
+                self._next_flags = 0
+            if b.is_request:
+                self.message = b
+                b.capture_left = self.max_body
+                self.sink.message_started(self, b)
+                method = None
+            else:
+                method = self.sink.message_started(self, b)
+                self.message = b
+                b.capture_left = 0 if b.orphan else self.max_body
+            length: int = b.content_length  # type: ignore[assignment]  # None only for requests: no body
+            i = after
+            if method == "HEAD" or method == "CONNECT":     # they change a response's framing
+                framing = response_framing(b, method)
+                if framing == SWITCH:
+                    b.flags |= F_UPGRADED
+                    self._finish(next_state=OPAQUE)
+                else:
+                    self._frame_body(b, framing)
+            elif not length:
+                self._finish()
+            elif after + length <= n:
+                i = after + length
+                b.add_body(data, after, i)
+                self._finish()
+            else:
+                self.state = BODY
+                self._remaining = length
+        if i < n:
+            i = self._run(data, i)
+            if i < n:
+                self.buffer = bytearray(data[i:] if i else data)
+                self._buffer_ts = ts
 
     def _frame_body(self, b: MessageBuilder, framing: int) -> None:
         if framing == LENGTH:

@@ -248,8 +248,90 @@ def parse_fields(lines: list[str], first: int = 0) -> list[tuple[str, str]]:
     return fields
 
 
+# Lines of heads read before, and what they said.  A sender repeats its start lines and most of its
+# header lines message after message (Host, User-Agent, Server, Content-Type...), so a head whose
+# every line was seen before is read with a few dict lookups, in C (map), instead of regular
+# expressions that cost more than the rest of the message.  Filled by _scan_head from heads read
+# with its plain-fields branch only, where each line's result depends on that line alone; cleared
+# when full, since the lines are chosen by whoever sends the traffic.  Credentials are not kept
+# (those header lines, and request lines with a query).
+_START_OF_LINE: dict[str, tuple[Any, ...]] = {}     # start line -> (True, method, target, version)
+                                                    #            or (False, version, status, reason)
+_FIELD_OF_LINE: dict[str, tuple[str, str]] = {}     # "Name: value" -> (name, value)
+_FRAMING_OF_LINE: dict[str, tuple[str, str]] = {}   # those of them that frame a body -> (lowered name, value)
+_LINE_CACHE_LIMIT = 4096
+_FRAMING_NAMES = frozenset(("content-length", "transfer-encoding", "upgrade"))
+_UNCACHED_NAMES = frozenset(("authorization", "proxy-authorization", "cookie", "set-cookie"))
+
+
 def parse_head(text: str, kind: int) -> MessageBuilder:
     """A MessageBuilder from a whole head (start line + fields, no final empty line, latin-1 text)."""
+    lines = text.split("\r\n")
+    start = _START_OF_LINE.get(lines[0])
+    if start is None or (kind == REQUEST) != start[0] and kind != EITHER:
+        return _scan_head(text, kind)
+    del lines[0]
+    fields = [*map(_FIELD_OF_LINE.get, lines)]
+    if None in fields:
+        return _scan_head(text, kind)
+    b = MessageBuilder()
+    if start[0]:
+        _, b.method, b.target, b.version = start
+    else:
+        b.is_request = False
+        _, b.version, b.status, b.reason = start
+    b.headers = tuple(fields)     # type: ignore[arg-type]  # no None in it
+    framing = [*filter(None, map(_FRAMING_OF_LINE.get, lines))]
+    if framing:
+        _frame_by_fields(b, framing)
+    return b
+
+
+def _frame_by_fields(b: MessageBuilder, framing: list[tuple[str, str]]) -> None:
+    """Set b's framing facts from its (lowered name, value) framing fields, in wire order."""
+    lengths, codings = [], []
+    for name, value in framing:
+        if name == "content-length":
+            lengths.append(value)
+        elif name == "transfer-encoding":
+            codings.append(value)
+        else:
+            b.upgrade = True
+    if codings:
+        listed = [coding.strip().lower() for coding in ",".join(codings).split(",") if coding.strip()]
+        if listed:
+            b.transfer_encoding = True
+            b.chunked = listed[-1] == "chunked"
+    if lengths:
+        b.content_length = parse_content_length(",".join(lengths))
+
+
+def _remember_lines(text: str, fields_at: int, b: MessageBuilder, fields: list[tuple[str, str]]) -> None:
+    """For parse_head: the start line and field lines of a head just read by _scan_head's
+    plain-fields branch (every line CRLF-terminated, one field each, no tab, no trailing space)."""
+    line = text[:fields_at - 2]
+    if not b.is_request:
+        start: tuple[Any, ...] | None = (False, b.version, b.status, b.reason)
+    else:
+        start = None if "?" in line else (True, b.method, b.target, b.version)
+    if start is not None:
+        if len(_START_OF_LINE) >= _LINE_CACHE_LIMIT:
+            _START_OF_LINE.clear()
+        _START_OF_LINE[line] = start
+    if len(_FIELD_OF_LINE) + len(fields) > _LINE_CACHE_LIMIT:
+        _FIELD_OF_LINE.clear()
+        _FRAMING_OF_LINE.clear()
+    for line_text, field in zip(text[fields_at:].split("\r\n"), fields):
+        name = field[0].lower()
+        if name in _UNCACHED_NAMES:
+            continue
+        _FIELD_OF_LINE[line_text] = field
+        if name in _FRAMING_NAMES:
+            _FRAMING_OF_LINE[line_text] = (name, field[1])
+
+
+def _scan_head(text: str, kind: int) -> MessageBuilder:
+    """parse_head for a head with a line not seen before (or an unusual one): regular expressions."""
     newline = text.find("\n")
     if newline < 0:
         return parse_start_line(text, kind)
@@ -258,6 +340,8 @@ def parse_head(text: str, kind: int) -> MessageBuilder:
     fields = _FIELD_LINE.findall(text, fields_at)
     if len(fields) == text.count("\n", fields_at) + 1 and " \r" not in text and "\t" not in text and text[-1] != " ":
         b.headers = tuple(fields)
+        if newline and text[newline - 1] == "\r":
+            _remember_lines(text, fields_at, b, fields)
         # Only the fields that frame the body, found in one pass over the lowered text.
         framing = _FRAMING_FIELD.findall(text.lower(), newline)
         if not framing:

@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from httptrace.exchange import Connection, Role
-from httptrace.protocols.http1 import MessageReader
+from httptrace.protocols import http1
+from httptrace.protocols.http1 import EITHER, REQUEST, RESPONSE, MalformedHead, MessageReader, parse_head
 from httptrace.sessions import Reassembler
 
 from .test_reassembler_properties import (CAPS, SETTINGS, conversations, cut, directions, events, mutate, mutations,
@@ -134,3 +135,39 @@ def test_mutated_conversations_give_the_same_exchanges(conversation, role, edits
     script = timed((direction, mutate(message, edits)) for direction, message in messages)
     check_same(script, role)
     check_same(script, role, CAPS)
+
+
+# -- parse_head's cache of lines seen before ---------------------------------------------------------
+
+HEAD_LINES = ["GET / HTTP/1.1", "GET /a?token=x HTTP/1.1", "HTTP/1.1 200 OK", "HTTP/1.0 404 Not Found", "HTTP/1.1 200 ",
+              "HTTP/1.1 101 Up", "Host: a", "Content-Length: 5", "content-length:  7", "Content-Length: 5, 5",
+              "Content-Length: x", "Transfer-Encoding: gzip, Chunked", "Upgrade: h2c", "Cookie: a=1", "X-A: b\tc",
+              "X-A: b ", " folded", "\tfolded", "X-Empty:", "Bad line", ": no name", "X-B: v\rw", "X-C: v\nw", ""]
+heads = st.lists(st.sampled_from(HEAD_LINES), min_size=1, max_size=6).map("\r\n".join)
+
+
+def parsed(text: str, kind: int) -> tuple:
+    try:
+        b = parse_head(text, kind)
+    except MalformedHead as error:
+        return ("MalformedHead", error.start_line_ok)
+    return (b.is_request, b.method, b.target, b.version, b.status, b.reason, b.headers, b.content_length,
+            b.transfer_encoding, b.chunked, b.upgrade)
+
+
+@SETTINGS
+@given(texts=st.lists(heads, min_size=1, max_size=8), kind=st.sampled_from([REQUEST, RESPONSE, EITHER]))
+def test_parse_head_remembers_lines_without_changing_results(texts, kind):
+    """Each head parsed with the line cache as earlier heads left it, and again with it empty."""
+    for text in texts:
+        remembered = parsed(text, kind)
+        for cache in (http1._START_OF_LINE, http1._FIELD_OF_LINE, http1._FRAMING_OF_LINE):
+            cache.clear()
+        assert parsed(text, kind) == remembered
+        assert parsed(text, kind) == remembered     # now from what the first of these left
+
+
+def test_credentials_are_not_remembered():
+    parse_head("GET /a?token=secret HTTP/1.1\r\nAuthorization: Bearer secret\r\nCookie: s=secret\r\nHost: a", REQUEST)
+    remembered = repr((http1._START_OF_LINE, http1._FIELD_OF_LINE, http1._FRAMING_OF_LINE))
+    assert "Host: a" in remembered and "secret" not in remembered

@@ -258,7 +258,8 @@ def parse_fields(lines: list[str], first: int = 0) -> list[tuple[str, str]]:
 _START_OF_LINE: dict[str, tuple[Any, ...]] = {}     # start line -> (True, method, target, version)
                                                     #            or (False, version, status, reason)
 _FIELD_OF_LINE: dict[str, tuple[str, str]] = {}     # "Name: value" -> (name, value)
-_FRAMING_OF_LINE: dict[str, tuple[str, str]] = {}   # those of them that frame a body -> (lowered name, value)
+_FRAMING_OF_LINE: dict[str, tuple[str, str]] = {}   # those of them that frame a body -> (lowered name, value),
+                                                    #   or ("length", value, its int) for a plain Content-Length
 _LINE_CACHE_LIMIT = 4096
 _FRAMING_NAMES = frozenset(("content-length", "transfer-encoding", "upgrade"))
 _UNCACHED_NAMES = frozenset(("authorization", "proxy-authorization", "cookie", "set-cookie"))
@@ -283,15 +284,19 @@ def parse_head(text: str, kind: int) -> MessageBuilder:
     b.headers = tuple(fields)     # type: ignore[arg-type]  # no None in it
     framing = [*filter(None, map(_FRAMING_OF_LINE.get, lines))]
     if framing:
-        _frame_by_fields(b, framing)
+        if len(framing) == 1 and framing[0][0] == "length":    # one plain Content-Length: the usual case
+            b.content_length = framing[0][2]  # type: ignore[misc]  # ("length", value, its int)
+        else:
+            _frame_by_fields(b, framing)
     return b
 
 
 def _frame_by_fields(b: MessageBuilder, framing: list[tuple[str, str]]) -> None:
     """Set b's framing facts from its (lowered name, value) framing fields, in wire order."""
     lengths, codings = [], []
-    for name, value in framing:
-        if name == "content-length":
+    for field in framing:
+        name, value = field[0], field[1]
+        if name == "content-length" or name == "length":
             lengths.append(value)
         elif name == "transfer-encoding":
             codings.append(value)
@@ -327,7 +332,11 @@ def _remember_lines(text: str, fields_at: int, b: MessageBuilder, fields: list[t
             continue
         _FIELD_OF_LINE[line_text] = field
         if name in _FRAMING_NAMES:
-            _FRAMING_OF_LINE[line_text] = (name, field[1])
+            value = field[1]
+            # ("length", value, its int) for a plain one, so that parse_head need not parse it again
+            _FRAMING_OF_LINE[line_text] = (("length", value, int(value))  # type: ignore[assignment]
+                                           if name == "content-length" and value.isdigit() and value.isascii()
+                                           else (name, value))
 
 
 def _scan_head(text: str, kind: int) -> MessageBuilder:

@@ -140,7 +140,7 @@ def test_mutated_conversations_give_the_same_exchanges(conversation, role, edits
 # -- parse_head's cache of lines seen before ---------------------------------------------------------
 
 HEAD_LINES = ["GET / HTTP/1.1", "GET /a?token=x HTTP/1.1", "HTTP/1.1 200 OK", "HTTP/1.0 404 Not Found", "HTTP/1.1 200 ",
-              "HTTP/1.1 101 Up", "Host: a", "Content-Length: 5", "content-length:  7", "Content-Length: 5, 5",
+              "HTTP/1.1 101 Up", "Host: a", "Content-Length: 5", "content-length:  7", "Content-Length: 5, 5", "Content-Length: 05",
               "Content-Length: x", "Transfer-Encoding: gzip, Chunked", "Upgrade: h2c", "Cookie: a=1", "X-A: b\tc",
               "X-A: b ", " folded", "\tfolded", "X-Empty:", "Bad line", ": no name", "X-B: v\rw", "X-C: v\nw", ""]
 heads = st.lists(st.sampled_from(HEAD_LINES), min_size=1, max_size=6).map("\r\n".join)

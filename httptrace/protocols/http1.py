@@ -841,7 +841,13 @@ class MessageReader:
                 self._finish()
             elif after + length <= n:
                 i = after + length
-                b.add_body(data, after, i)
+                left = b.capture_left
+                if left >= length:      # (add_body, inlined: a new builder, all of it kept)
+                    b.parts.append(data[after:i])
+                    b.size = b.kept = length
+                    b.capture_left = left - length
+                else:
+                    b.add_body(data, after, i)
                 self._finish()
             else:
                 self.state = BODY

@@ -261,6 +261,7 @@ _FIELD_OF_LINE: dict[str, tuple[str, str]] = {}     # "Name: value" -> (name, va
 _FRAMING_OF_LINE: dict[str, tuple[str, str]] = {}   # those of them that frame a body -> (lowered name, value),
                                                     #   or ("length", value, its int) for a plain Content-Length
 _LINE_CACHE_LIMIT = 4096
+_CACHED_LINE_MAX = 256     # longer lines are not kept: the caches stay within a few MiB
 _FRAMING_NAMES = frozenset(("content-length", "transfer-encoding", "upgrade"))
 _UNCACHED_NAMES = frozenset(("authorization", "proxy-authorization", "cookie", "set-cookie"))
 
@@ -319,7 +320,7 @@ def _remember_lines(text: str, fields_at: int, b: MessageBuilder, fields: list[t
         start: tuple[Any, ...] | None = (False, b.version, b.status, b.reason)
     else:
         start = None if "?" in line else (True, b.method, b.target, b.version)
-    if start is not None:
+    if start is not None and len(line) <= _CACHED_LINE_MAX:
         if len(_START_OF_LINE) >= _LINE_CACHE_LIMIT:
             _START_OF_LINE.clear()
         _START_OF_LINE[line] = start
@@ -328,7 +329,7 @@ def _remember_lines(text: str, fields_at: int, b: MessageBuilder, fields: list[t
         _FRAMING_OF_LINE.clear()
     for line_text, field in zip(text[fields_at:].split("\r\n"), fields):
         name = field[0].lower()
-        if name in _UNCACHED_NAMES:
+        if name in _UNCACHED_NAMES or len(line_text) > _CACHED_LINE_MAX:
             continue
         _FIELD_OF_LINE[line_text] = field
         if name in _FRAMING_NAMES:

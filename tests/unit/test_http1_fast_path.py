@@ -171,3 +171,10 @@ def test_credentials_are_not_remembered():
     parse_head("GET /a?token=secret HTTP/1.1\r\nAuthorization: Bearer secret\r\nCookie: s=secret\r\nHost: a", REQUEST)
     remembered = repr((http1._START_OF_LINE, http1._FIELD_OF_LINE, http1._FRAMING_OF_LINE))
     assert "Host: a" in remembered and "secret" not in remembered
+
+
+def test_long_lines_are_not_remembered():
+    long_value = "v" * 5000
+    parse_head(f"GET /{long_value} HTTP/1.1\r\nX-Long: {long_value}\r\nHost: a", REQUEST)
+    remembered = repr((http1._START_OF_LINE, http1._FIELD_OF_LINE))
+    assert "Host: a" in remembered and long_value not in remembered

@@ -69,7 +69,7 @@ _Masker = Callable[[str], str]
 class Redactor:
     """Masks the values of sensitive headers; a disabled Redactor returns headers unchanged."""
 
-    __slots__ = ("enabled", "names", "_masker_by_spelling")
+    __slots__ = ("enabled", "names", "plain", "_masker_by_spelling")
 
     def __init__(self, extra_names: Iterable[str] = (), *, enabled: bool = True,
                  defaults: Iterable[str] = DEFAULT_REDACTED_HEADERS):
@@ -77,6 +77,9 @@ class Redactor:
         self.names = frozenset(n.strip().lower() for n in (*defaults, *extra_names) if n.strip())
         # header name exactly as seen on the wire -> masking function, or None when not sensitive
         self._masker_by_spelling: dict[str, _Masker | None] = {}
+        # the spellings among those that are not sensitive: `plain.issuperset(names)` tells, in C,
+        # that a message's headers need no masking (the JSON writer's test)
+        self.plain: set[str] = set()
 
     def _masker(self, name: str) -> _Masker | None:
         try:
@@ -86,7 +89,10 @@ class Redactor:
             masker = _MASKERS.get(lname, _redact_whole) if lname in self.names else None
             if len(self._masker_by_spelling) >= _CACHE_LIMIT:
                 self._masker_by_spelling.clear()
+                self.plain.clear()
             self._masker_by_spelling[name] = masker
+            if masker is None:
+                self.plain.add(name)
             return masker
 
     def is_sensitive(self, name: str) -> bool:

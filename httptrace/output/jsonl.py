@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 import functools
+import operator
 from typing import IO, TYPE_CHECKING, Any, Iterable
 
 import orjson
 
-from httptrace.exchange import Connection, Endpoint, Exchange, Message
+from httptrace.exchange import Connection, Endpoint, Exchange, Flag, Message
 from httptrace.output import OutputOptions, body_as_text, container_resolver, iso_utc
 from httptrace.redact import Redactor
 
@@ -36,17 +37,6 @@ def _container_field(connection: Connection,
     return None if container is None else container.as_dict()
 
 
-def _connection_fields(connection: Connection) -> dict[str, Any]:
-    return {
-        "pid": connection.pid,
-        "comm": connection.comm,
-        "role": connection.role.value,
-        "local": _endpoint(connection.local),
-        "remote": _endpoint(connection.remote),
-        "tls": connection.tls,
-    }
-
-
 def _message_fields(message: Message, redactor: Redactor, include_bodies: bool) -> dict[str, Any]:
     body = message.body
     if not include_bodies:
@@ -54,71 +44,80 @@ def _message_fields(message: Message, redactor: Redactor, include_bodies: bool) 
     elif not body:
         text, encoding = "", "utf-8"
     else:
-        text, encoding = body_as_text(body, message.truncated), "utf-8"
+        encoding = "utf-8"
+        if message.truncated:
+            text = body_as_text(body, True)
+        else:
+            try:
+                text = body.decode("utf-8")     # (body_as_text, inlined: this runs per message)
+            except UnicodeDecodeError:
+                text = None
         if text is None:
             text, encoding = base64.b64encode(body).decode("ascii"), "base64"
-    fields: dict[str, Any]
+    headers = message.headers
+    if redactor.enabled and not redactor.plain.issuperset(map(_name, headers)):
+        headers = redactor.headers(headers)    # (the usual case, every name seen before and none sensitive, inlined)
+    trailers = message.trailers
+    # One dict display per shape, in the field order of the contract (docs/cli.md).
     if message.method is not None:
-        fields = {"method": message.method, "target": message.target}
-    else:
-        fields = {"status": message.status, "reason": message.reason}
-    fields["version"] = message.version
-    fields["headers"] = redactor.headers(message.headers)   # tuples serialise as JSON arrays
-    fields["body"] = text
-    fields["body_encoding"] = encoding
-    fields["body_size"] = message.body_size
-    fields["truncated"] = message.truncated
-    fields["trailers"] = redactor.headers(message.trailers) if message.trailers else []
-    return fields
+        return {"method": message.method, "target": message.target, "version": message.version,
+                "headers": headers,     # tuples serialise as JSON arrays
+                "body": text, "body_encoding": encoding, "body_size": message.body_size,
+                "truncated": message.truncated, "trailers": redactor.headers(trailers) if trailers else []}
+    return {"status": message.status, "reason": message.reason, "version": message.version, "headers": headers,
+            "body": text, "body_encoding": encoding, "body_size": message.body_size,
+            "truncated": message.truncated, "trailers": redactor.headers(trailers) if trailers else []}
+
+
+_name = operator.itemgetter(0)
+_flag_lists: dict[frozenset[Flag], list[str]] = {}   # the few flag sets that occur -> their sorted values
 
 
 def exchange_to_dict(exchange: Exchange, redactor: Redactor, include_bodies: bool = True,
                      containers: ContainerResolver | None = None) -> dict[str, Any]:
     """The JSON object for one exchange, as a dict (also for tools that post-process).
     containers: the ContainerResolver for the `container` field (default: the process-wide one)."""
-    record = _connection_dict(exchange.connection, exchange.request.first_byte_ns)
-    latency = exchange.latency_ns
-    record["latency_ms"] = None if latency is None else round(latency / 1_000_000, 3)
-    record["request"] = _message_fields(exchange.request, redactor, include_bodies)
+    connection = exchange.connection
+    request = exchange.request
     response = exchange.response
-    record["response"] = None if response is None else _message_fields(response, redactor, include_bodies)
-    record["flags"] = sorted(flag.value for flag in exchange.flags) if exchange.flags else []
-    record["stream_id"] = exchange.stream_id
-    record["reset_code"] = exchange.reset_code
+    cached = _connection_cache.get(id(connection))
+    if cached is None or cached[0] is not connection:
+        cached = _cache_connection(connection, containers)
+    flags = exchange.flags
+    if flags:
+        flag_list = _flag_lists.get(flags)
+        if flag_list is None:
+            flag_list = _flag_lists[flags] = sorted(flag.value for flag in flags)
+        flag_list = flag_list.copy()
+    else:
+        flag_list = []
+    container = cached[7]
     grpc = exchange.grpc
-    record["grpc"] = None if grpc is None else grpc._asdict()
-    record["container"] = _connection_container(exchange.connection, containers)   # added last: keeps the
-    return record                                                                   # older fields' order
+    # One dict display, in the field order of the contract; "container" was added last.
+    return {"time": iso_utc(request.first_byte_ns), "pid": cached[1], "comm": cached[2], "role": cached[3],
+            "local": cached[4], "remote": cached[5], "tls": cached[6],
+            "latency_ms": None if response is None
+            else round(max(0, response.last_byte_ns - request.first_byte_ns) / 1_000_000, 3),   # Exchange.latency_ns
+            "request": _message_fields(request, redactor, include_bodies),
+            "response": None if response is None else _message_fields(response, redactor, include_bodies),
+            "flags": flag_list, "stream_id": exchange.stream_id, "reset_code": exchange.reset_code,
+            "grpc": None if grpc is None else grpc._asdict(),
+            "container": None if container is None else dict(container)}   # a copy: callers may edit their record
 
 
-# A keep-alive connection carries many exchanges: its fields are built once.  Keyed by id() with
+# A keep-alive connection carries many exchanges: its fields are found once.  Keyed by id() with
 # the object kept alongside, so a reused id can never return stale fields.
 _CONNECTION_CACHE_LIMIT = 4096
-_connection_dicts: dict[int, tuple[Connection, dict[str, Any]]] = {}
-_connection_containers: dict[int, tuple[Connection, dict[str, Any] | None]] = {}
+_connection_cache: dict[int, tuple[Any, ...]] = {}   # id -> (connection, pid, comm, role, local, remote, tls, container)
 
 
-def _connection_container(connection: Connection,
-                          containers: ContainerResolver | None = None) -> dict[str, Any] | None:
-    """The `container` field of a connection, resolved once per connection."""
-    cached = _connection_containers.get(id(connection))
-    if cached is None or cached[0] is not connection:
-        if len(_connection_containers) >= _CONNECTION_CACHE_LIMIT:
-            _connection_containers.clear()
-        cached = _connection_containers[id(connection)] = (connection, _container_field(connection, containers))
-    return None if cached[1] is None else dict(cached[1])   # a copy: callers may edit their record
-
-
-def _connection_dict(connection: Connection, first_byte_ns: int) -> dict[str, Any]:
-    """{"time": ..., then the connection's fields}: a fresh dict, copied from the cached fields."""
-    cached = _connection_dicts.get(id(connection))
-    if cached is None or cached[0] is not connection:
-        if len(_connection_dicts) >= _CONNECTION_CACHE_LIMIT:
-            _connection_dicts.clear()
-        cached = _connection_dicts[id(connection)] = (connection, {"time": None, **_connection_fields(connection)})
-    record = cached[1].copy()
-    record["time"] = iso_utc(first_byte_ns)
-    return record
+def _cache_connection(connection: Connection, containers: ContainerResolver | None) -> tuple[Any, ...]:
+    if len(_connection_cache) >= _CONNECTION_CACHE_LIMIT:
+        _connection_cache.clear()
+    cached = _connection_cache[id(connection)] = (
+        connection, connection.pid, connection.comm, connection.role.value, _endpoint(connection.local),
+        _endpoint(connection.remote), connection.tls, _container_field(connection, containers))
+    return cached
 
 
 @functools.lru_cache(maxsize=16)

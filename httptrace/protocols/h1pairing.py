@@ -31,7 +31,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from .detect import HTTP1, Sniffer
-from ..exchange import F_GAP, F_INCOMPLETE, F_MID_STREAM, Connection, Exchange, Role, flags_of
+from ..exchange import F_GAP, F_INCOMPLETE, F_MID_STREAM, Connection, Exchange, Role, _flag_sets, flags_of
 from .h2streams import Http2Session, parse_http2_settings
 from .http1 import EITHER, LOST, OPAQUE, PAUSED, REQUEST, RESPONSE, MessageBuilder, MessageReader, switches_protocol
 from ..streams import DirectionStream, Gap
@@ -229,7 +229,8 @@ class Http1Session:
                 following = PAUSED
             elif entry.response is not None and switches_protocol(b.method, entry.response.status):
                 following = OPAQUE
-        self._try_emit(entry)
+        if entry.response is not None or entry.response_lost:    # (else _try_emit would wait: inlined)
+            self._try_emit(entry)
         return following
 
     def message_lost(self, reader: MessageReader, bits: int) -> None:
@@ -458,8 +459,10 @@ class Http1Session:
                 bits |= F_INCOMPLETE
         if request.cut_off:
             bits |= F_INCOMPLETE
+        flags = _flag_sets.get(bits)
         exchange = Exchange(self.exchange_connection, request.build(),
-                            response.build() if response is not None else None, flags_of(bits))
+                            response.build() if response is not None else None,
+                            flags if flags is not None else flags_of(bits))   # (flags_of's cache, inlined)
         # Builder and entry point at each other: unlink them, so they are freed now rather than by
         # the cycle collector (which would otherwise run every few hundred exchanges).
         request.entry = None
@@ -509,9 +512,17 @@ class Http1Session:
         egress, ingress = self.message_readers
         out_stream, in_stream = self.streams
         sniffing = self.readers is self.stand_ins
-        if not (self.pending or egress.message or ingress.message or egress.buffer or ingress.buffer
+        if not (egress.message or ingress.message or egress.buffer or ingress.buffer
                 or out_stream.held or in_stream.held or egress.deferred or ingress.deferred or sniffing):
-            return 0, 0     # between exchanges, the usual state
+            # The usual states: between exchanges, or a request waiting for its answer.
+            pending = self.pending
+            if not pending:
+                return 0, 0
+            if len(pending) == 1:
+                request = pending[0].request
+                response = pending[0].response
+                return 0, ((request.kept if request is not None and request.done else 0)
+                           + (response.kept if response is not None and response.done else 0))
         unparsed = (len(egress.buffer) + len(ingress.buffer) + egress.deferred_bytes + ingress.deferred_bytes
                     + out_stream.held_bytes + in_stream.held_bytes)
         if sniffing:

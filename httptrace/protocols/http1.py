@@ -248,8 +248,100 @@ def parse_fields(lines: list[str], first: int = 0) -> list[tuple[str, str]]:
     return fields
 
 
+# Lines of heads read before, and what they said.  A sender repeats its start lines and most of its
+# header lines message after message (Host, User-Agent, Server, Content-Type...), so a head whose
+# every line was seen before is read with a few dict lookups, in C (map), instead of regular
+# expressions that cost more than the rest of the message.  Filled by _scan_head from heads read
+# with its plain-fields branch only, where each line's result depends on that line alone; cleared
+# when full, since the lines are chosen by whoever sends the traffic.  Credentials are not kept
+# (those header lines, and request lines with a query).
+_START_OF_LINE: dict[str, tuple[Any, ...]] = {}     # start line -> (True, method, target, version)
+                                                    #            or (False, version, status, reason)
+_FIELD_OF_LINE: dict[str, tuple[str, str]] = {}     # "Name: value" -> (name, value)
+_FRAMING_OF_LINE: dict[str, tuple[str, str]] = {}   # those of them that frame a body -> (lowered name, value),
+                                                    #   or ("length", value, its int) for a plain Content-Length
+_LINE_CACHE_LIMIT = 4096
+_CACHED_LINE_MAX = 256     # longer lines are not kept: the caches stay within a few MiB
+_FRAMING_NAMES = frozenset(("content-length", "transfer-encoding", "upgrade"))
+_UNCACHED_NAMES = frozenset(("authorization", "proxy-authorization", "cookie", "set-cookie"))
+
+
 def parse_head(text: str, kind: int) -> MessageBuilder:
     """A MessageBuilder from a whole head (start line + fields, no final empty line, latin-1 text)."""
+    lines = text.split("\r\n")
+    start = _START_OF_LINE.get(lines[0])
+    if start is None or (kind == REQUEST) != start[0] and kind != EITHER:
+        return _scan_head(text, kind)
+    del lines[0]
+    fields = [*map(_FIELD_OF_LINE.get, lines)]
+    if None in fields:
+        return _scan_head(text, kind)
+    b = MessageBuilder()
+    if start[0]:
+        _, b.method, b.target, b.version = start
+    else:
+        b.is_request = False
+        _, b.version, b.status, b.reason = start
+    b.headers = tuple(fields)     # type: ignore[arg-type]  # no None in it
+    framing = [*filter(None, map(_FRAMING_OF_LINE.get, lines))]
+    if framing:
+        if len(framing) == 1 and framing[0][0] == "length":    # one plain Content-Length: the usual case
+            b.content_length = framing[0][2]  # type: ignore[misc]  # ("length", value, its int)
+        else:
+            _frame_by_fields(b, framing)
+    return b
+
+
+def _frame_by_fields(b: MessageBuilder, framing: list[tuple[str, str]]) -> None:
+    """Set b's framing facts from its (lowered name, value) framing fields, in wire order."""
+    lengths, codings = [], []
+    for field in framing:
+        name, value = field[0], field[1]
+        if name == "content-length" or name == "length":
+            lengths.append(value)
+        elif name == "transfer-encoding":
+            codings.append(value)
+        else:
+            b.upgrade = True
+    if codings:
+        listed = [coding.strip().lower() for coding in ",".join(codings).split(",") if coding.strip()]
+        if listed:
+            b.transfer_encoding = True
+            b.chunked = listed[-1] == "chunked"
+    if lengths:
+        b.content_length = parse_content_length(",".join(lengths))
+
+
+def _remember_lines(text: str, fields_at: int, b: MessageBuilder, fields: list[tuple[str, str]]) -> None:
+    """For parse_head: the start line and field lines of a head just read by _scan_head's
+    plain-fields branch (every line CRLF-terminated, one field each, no tab, no trailing space)."""
+    line = text[:fields_at - 2]
+    if not b.is_request:
+        start: tuple[Any, ...] | None = (False, b.version, b.status, b.reason)
+    else:
+        start = None if "?" in line else (True, b.method, b.target, b.version)
+    if start is not None and len(line) <= _CACHED_LINE_MAX:
+        if len(_START_OF_LINE) >= _LINE_CACHE_LIMIT:
+            _START_OF_LINE.clear()
+        _START_OF_LINE[line] = start
+    if len(_FIELD_OF_LINE) + len(fields) > _LINE_CACHE_LIMIT:
+        _FIELD_OF_LINE.clear()
+        _FRAMING_OF_LINE.clear()
+    for line_text, field in zip(text[fields_at:].split("\r\n"), fields):
+        name = field[0].lower()
+        if name in _UNCACHED_NAMES or len(line_text) > _CACHED_LINE_MAX:
+            continue
+        _FIELD_OF_LINE[line_text] = field
+        if name in _FRAMING_NAMES:
+            value = field[1]
+            # ("length", value, its int) for a plain one, so that parse_head need not parse it again
+            _FRAMING_OF_LINE[line_text] = (("length", value, int(value))  # type: ignore[assignment]
+                                           if name == "content-length" and value.isdigit() and value.isascii()
+                                           else (name, value))
+
+
+def _scan_head(text: str, kind: int) -> MessageBuilder:
+    """parse_head for a head with a line not seen before (or an unusual one): regular expressions."""
     newline = text.find("\n")
     if newline < 0:
         return parse_start_line(text, kind)
@@ -258,6 +350,8 @@ def parse_head(text: str, kind: int) -> MessageBuilder:
     fields = _FIELD_LINE.findall(text, fields_at)
     if len(fields) == text.count("\n", fields_at) + 1 and " \r" not in text and "\t" not in text and text[-1] != " ":
         b.headers = tuple(fields)
+        if newline and text[newline - 1] == "\r":
+            _remember_lines(text, fields_at, b, fields)
         # Only the fields that frame the body, found in one pass over the lowered text.
         framing = _FRAMING_FIELD.findall(text.lower(), newline)
         if not framing:
@@ -377,6 +471,8 @@ class NullSink:
 class MessageReader:
     """Incremental HTTP/1.x framing of the messages one side sends.  Never raises on bad input."""
 
+    whole_messages = True   # receive_data's fast path (_read_whole); False: the state machine alone (tests)
+
     def __init__(self, kind: int, sink: Sink, *, max_body: int = 1 << 20, max_header: int = DEFAULT_MAX_HEADER,
                  mid_stream: bool = False, stats: dict[str, int] | None = None):
         self.kind = kind
@@ -432,6 +528,19 @@ class MessageReader:
             else:
                 self.stats["opaque_bytes"] += len(data)
             return
+        if state == HEAD and not self.buffer and self.whole_messages and self.kind != EITHER:
+            # The common case: the event begins with a whole head (see _read_whole).
+            first = data[0]
+            end = data.find(b"\n\r\n")
+            if (0 < end <= self.max_header and first != 13 and first != 10
+                    and data.find(b"\n\n", 0, end) < 0):
+                try:
+                    b = parse_head(data[:end - 1 if data[end - 1] == 13 else end].decode("latin-1"), self.kind)
+                except MalformedHead:
+                    pass    # the state machine reports it, as if there were no fast path
+                else:
+                    self._read_whole(data, b, end + 3)
+                    return
         if state == SYNC and _START_HERE[self.kind].match(data) is not None:
             # Lost our place, and this event begins with a start line: an event begins a write, and a
             # message usually does too.  Whatever partial line we kept (the end of a body with no
@@ -578,9 +687,8 @@ class MessageReader:
 
     # -- the state machine -------------------------------------------------------------------------
 
-    def _run(self, view: Bytes) -> int:
-        """Consume as much of `view` as the current state allows; returns the index consumed up to."""
-        i = 0
+    def _run(self, view: Bytes, i: int = 0) -> int:
+        """Consume as much of `view[i:]` as the current state allows; returns the index consumed up to."""
         n = len(view)
         handlers = _HANDLERS
         while i < n:
@@ -653,6 +761,10 @@ class MessageReader:
             b = parse_head(view[i:end - 1 if view[end - 1] == 13 else end].decode("latin-1"), self.kind)
         except MalformedHead as error:
             return self._fail_head(view, i, error)
+        return self._head_read(view, i, after, b)
+
+    def _head_read(self, view: Bytes, i: int, after: int, b: MessageBuilder) -> int:
+        """The head at view[i:after] parsed as `b`: start the message (or skip an interim response)."""
         self._first_line_ok = False
         self._synced_on(b.is_request)
         b.first_ts = self._buffer_ts if i < self._old_len else self._ts
@@ -687,6 +799,65 @@ class MessageReader:
         else:
             self._frame_body(b, framing)
         return after
+
+    def _read_whole(self, data: Bytes, b: MessageBuilder, after: int) -> None:
+        """receive_data's fast path: `data` begins with a whole head, parsed as `b` (state HEAD,
+        nothing buffered, kind known).  The usual messages (a request without Transfer-Encoding,
+        a final response framed by Content-Length) are started and, when their body is here,
+        finished in a few steps; anything else goes through _head_read.  Whatever follows the
+        message goes to the state machine.  The steps, and their order, are the state machine's:
+        tests/unit/test_http1_fast_path.py compares the two."""
+        self._old_len = 0
+        n = len(data)
+        ts = self._ts
+        if b.transfer_encoding or not (b.is_request or (b.content_length is not None and b.status >= 200  # type: ignore[operator]  # a response's
+                                                          and b.status != 204 and b.status != 304)):
+            i = self._head_read(data, 0, after, b)
+        else:
+            self._first_line_ok = False
+            self.synced = True      # (_synced_on: the kind is known)
+            b.first_ts = b.last_ts = ts
+            if self._next_flags:
+                b.flags = self._next_flags
+                self._next_flags = 0
+            if b.is_request:
+                self.message = b
+                b.capture_left = self.max_body
+                self.sink.message_started(self, b)
+                method = None
+            else:
+                method = self.sink.message_started(self, b)
+                self.message = b
+                b.capture_left = 0 if b.orphan else self.max_body
+            length: int = b.content_length  # type: ignore[assignment]  # None only for requests: no body
+            i = after
+            if method == "HEAD" or method == "CONNECT":     # they change a response's framing
+                framing = response_framing(b, method)
+                if framing == SWITCH:
+                    b.flags |= F_UPGRADED
+                    self._finish(next_state=OPAQUE)
+                else:
+                    self._frame_body(b, framing)
+            elif not length:
+                self._finish()
+            elif after + length <= n:
+                i = after + length
+                left = b.capture_left
+                if left >= length:      # (add_body, inlined: a new builder, all of it kept)
+                    b.parts.append(data[after:i])
+                    b.size = b.kept = length
+                    b.capture_left = left - length
+                else:
+                    b.add_body(data, after, i)
+                self._finish()
+            else:
+                self.state = BODY
+                self._remaining = length
+        if i < n:
+            i = self._run(data, i)
+            if i < n:
+                self.buffer = bytearray(data[i:] if i else data)
+                self._buffer_ts = ts
 
     def _frame_body(self, b: MessageBuilder, framing: int) -> None:
         if framing == LENGTH:

@@ -79,7 +79,9 @@ struct ht_close_event {
 enum ht_conn_state {
 	HT_CONN_UNKNOWN = 0, /* a TCP socket not classified yet */
 	HT_CONN_HTTP = 1,    /* its first bytes were an HTTP/1 start line: every byte is reported */
-	HT_CONN_IGNORED = 2, /* not TCP, not HTTP, or filtered out: one map lookup per syscall from now on */
+	HT_CONN_IGNORED = 2, /* not TCP or filtered out, for good: one map lookup per syscall from now on */
+	HT_CONN_NOT_HTTP = 3, /* a TCP socket whose first bytes were not HTTP: a TLS handshake may be, and
+			       * the plaintext that follows makes it classifiable again */
 };
 
 /* Value of the conns map, keyed by (tgid << 32 | fd). User space reads it to close the connections of

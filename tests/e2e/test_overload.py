@@ -18,7 +18,7 @@ from httptrace import Tracer
 
 from .conftest import start_nginx, free_port
 
-RING = 64 * 1024   # sheds past 48 KiB waiting: about a hundred small exchanges
+RING = 64 * 1024   # sheds past 56 KiB waiting: about a hundred small exchanges
 CONNECTIONS = 4
 
 # Requests in bursts on CONNECTIONS keep-alive connections, made at the first line on stdin; each next line on stdin "N PATH" sends N requests

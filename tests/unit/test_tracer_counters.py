@@ -48,7 +48,7 @@ def test_not_started_has_no_counters():
     assert Tracer(programs="compat").skipped() == {}
 
 
-def test_shedding_starts_with_a_quarter_of_the_ring_left_for_messages_under_way():
+def test_shedding_starts_with_an_eighth_of_the_ring_left_for_messages_under_way():
     config = Tracer(ring_buffer_size=1 << 20, programs="compat")._config()
-    assert config.shed_bytes == (1 << 20) - (1 << 20) // SHED_HEADROOM == 768 << 10
+    assert config.shed_bytes == (1 << 20) - (1 << 20) // SHED_HEADROOM == 896 << 10
     assert 0 < config.wakeup_bytes < config.shed_bytes

@@ -79,6 +79,14 @@ struct {
 	__type(value, __u8);
 } target_ports SEC(".maps");
 
+/* HTTP/1 messages skipped whole under overload, indexed by enum ht_skip. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HT_SKIPS);
+	__type(key, __u32);
+	__type(value, __u64);
+} skipped SEC(".maps");
+
 /* Failed ring-buffer writes, indexed by enum ht_event_type. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -176,7 +184,7 @@ static __always_inline struct sock *tcp_sock_of_fd(int fd)
 }
 
 /* Registers (tgid, fd) as a connection to watch; non-TCP and filtered sockets are cached as ignored so
- * later syscalls on them cost one lookup. */
+ * later syscalls on them cost one lookup (and nothing can make them capturable: not even TLS). */
 static __always_inline struct ht_conn_info *track(__u64 key, __u32 tgid, int fd, __u8 role_hint)
 {
 	struct ht_conn_info ci = {};
@@ -191,9 +199,15 @@ static __always_inline struct ht_conn_info *track(__u64 key, __u32 tgid, int fd,
 	return bpf_map_lookup_elem(&conns, &key);
 }
 
-static __always_inline bool is_http_start(const __u8 *b)
+/* A status line: "HTTP/1." */
+static __always_inline bool is_status_start(const __u8 *b)
 {
-	/* Request methods followed by a space, or a status line. */
+	return b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[5] == '1' && b[6] == '.';
+}
+
+/* A request line: a method followed by a space (OPTIONS and CONNECT by their 7 letters). */
+static __always_inline bool is_request_start(const __u8 *b)
+{
 	if (b[0] == 'G' && b[1] == 'E' && b[2] == 'T' && b[3] == ' ')
 		return true;
 	if (b[0] == 'P' && b[1] == 'U' && b[2] == 'T' && b[3] == ' ')
@@ -210,9 +224,7 @@ static __always_inline bool is_http_start(const __u8 *b)
 		return true;
 	if (b[0] == 'O' && b[1] == 'P' && b[2] == 'T' && b[3] == 'I' && b[4] == 'O' && b[5] == 'N' && b[6] == 'S')
 		return true;
-	if (b[0] == 'C' && b[1] == 'O' && b[2] == 'N' && b[3] == 'N' && b[4] == 'E' && b[5] == 'C' && b[6] == 'T')
-		return true;
-	return b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[5] == '1' && b[6] == '.';
+	return b[0] == 'C' && b[1] == 'O' && b[2] == 'N' && b[3] == 'N' && b[4] == 'E' && b[5] == 'C' && b[6] == 'T';
 }
 
 /* ---- HTTP/2: recognised here only so its bytes are reported; user space reads the frames ---------- */
@@ -278,15 +290,19 @@ static __always_inline bool is_h2_frame_chain(__u64 buf, __u64 len)
 	return false;
 }
 
-/* Whether a connection's first bytes we see (len at buf) start HTTP/1 or HTTP/2. */
-static __always_inline bool is_http(__u64 buf, __u64 len, bool mid_stream)
+enum { NOT_HTTP, HTTP1, HTTP2 };
+
+/* What a connection's first bytes we see (len at buf) start: HTTP/1, HTTP/2 or neither. */
+static __always_inline int http_kind(__u64 buf, __u64 len, bool mid_stream)
 {
 	__u8 head[H2_FRAME_HEADER];
 	if (len < sizeof(head) || bpf_probe_read_user(head, sizeof(head), (void *)buf))
-		return false;
-	if (is_http_start(head) || is_h2_settings_start(head) || is_h2_preface(buf, len))
-		return true;
-	return mid_stream && is_h2_frame_chain(buf, len);
+		return NOT_HTTP;
+	if (is_request_start(head) || is_status_start(head))
+		return HTTP1;
+	if (is_h2_settings_start(head) || is_h2_preface(buf, len))
+		return HTTP2;
+	return mid_stream && is_h2_frame_chain(buf, len) ? HTTP2 : NOT_HTTP;
 }
 
 static __always_inline void send_open(struct ht_conn_info *ci)
@@ -449,6 +465,53 @@ static __always_inline void send_not_copied(struct ht_conn_info *ci, __u8 direct
 		count_drop(HT_EVENT_DATA);
 }
 
+static __always_inline void count_skip(__u32 kind)
+{
+	__u64 *n = bpf_map_lookup_elem(&skipped, &kind);
+	if (n)
+		*n += 1;
+}
+
+/* Overload, HTTP/1: whether to skip these bytes (len at buf, the start of a syscall's buffer) whole.
+ * While the ring buffer holds more than shed_bytes (the reader is behind), each new request is skipped
+ * (decided at its start line, at the start of a buffer, where a message begins), with the rest of it and
+ * the response that answers it (by count: HTTP/1 answers in order), so that what user space gets is
+ * whole exchanges; a connection captures again at its next request line once the ring has room.
+ * HTTP/2 cannot do this (the HPACK table is connection state): its bytes are dropped, counted, as before. */
+static __always_inline bool shed(struct ht_conn_info *ci, __u64 buf, __u64 len, __u8 direction)
+{
+	__u8 bit = 1 << (direction & 1);
+	bool over = ht_cfg.shed_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > ht_cfg.shed_bytes;
+	if (!over && !(ci->skipping & bit) && !ci->responses_to_skip)
+		return false; /* the usual case */
+	__u8 head[10]; /* "HTTP/1.1 2": a status line up to its first digit */
+	if (len < sizeof(head) || bpf_probe_read_user(head, sizeof(head), (void *)buf))
+		return ci->skipping & bit;
+	if (is_request_start(head)) {
+		if (!over) {
+			ci->skipping &= ~bit;
+			return false;
+		}
+		ci->skipping |= bit;
+		ci->responses_to_skip++;
+		count_skip(HT_SKIPPED_REQUESTS);
+		return true;
+	}
+	if (is_status_start(head)) {
+		if (!ci->responses_to_skip) { /* answers a request that was captured */
+			ci->skipping &= ~bit;
+			return false;
+		}
+		ci->skipping |= bit;
+		if (head[9] != '1') { /* a 1xx is followed by the final response, in this buffer or the next */
+			ci->responses_to_skip--;
+			count_skip(HT_SKIPPED_RESPONSES);
+		}
+		return true;
+	}
+	return ci->skipping & bit; /* the rest of the message under way */
+}
+
 /* Reports `ret` bytes at buf (or in the iovec array iov) on a connection: classifies it on its first
  * bytes, sends the open event once, then the payload in chunks. */
 static __always_inline int capture(struct ht_conn_info *ci, long ret, __u64 buf, __u64 iov, __u64 iov_count,
@@ -463,14 +526,18 @@ static __always_inline int capture(struct ht_conn_info *ci, long ret, __u64 buf,
 		first_len = first.iov_len < (__u64)ret ? first.iov_len : (__u64)ret;
 	}
 	if (ci->state == HT_CONN_UNKNOWN) {
-		if (!is_http(buf, first_len, ci->role_hint == HT_ROLE_UNKNOWN)) {
+		int kind = http_kind(buf, first_len, ci->role_hint == HT_ROLE_UNKNOWN);
+		if (kind == NOT_HTTP) {
 			ci->tries++;
 			if (ci->role_hint != HT_ROLE_UNKNOWN || ci->tries >= MID_STREAM_TRIES)
-				ci->state = HT_CONN_IGNORED;
+				ci->state = HT_CONN_NOT_HTTP;
 			return 0;
 		}
 		ci->state = HT_CONN_HTTP;
+		ci->http1 = kind == HTTP1;
 	}
+	if (ci->http1 && shed(ci, buf, first_len, direction))
+		return 0; /* pos stays: user space sees the messages it gets back to back */
 	if (!ci->open_sent)
 		send_open(ci);
 
@@ -575,6 +642,11 @@ enum buffer_kind {
  * call carries ciphertext: it only tells that call its fd, and is not captured. */
 static __always_inline struct ht_conn_info *data_conn(__u64 pid_tgid, int fd)
 {
+	/* The connection first: on a busy host most syscalls are on sockets ignored for good (not TCP,
+	 * filtered out), which no TLS call can make capturable, and they stop at this one lookup. */
+	struct ht_conn_info *ci = lookup_or_track(pid_tgid >> 32, fd);
+	if (!ci || ci->state == HT_CONN_IGNORED)
+		return NULL;
 	if (ht_cfg.tls) {
 		__u32 tid = pid_tgid;
 		struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &tid);
@@ -583,8 +655,7 @@ static __always_inline struct ht_conn_info *data_conn(__u64 pid_tgid, int fd)
 			return NULL;
 		}
 	}
-	struct ht_conn_info *ci = lookup_or_track(pid_tgid >> 32, fd);
-	if (!ci || ci->state == HT_CONN_IGNORED || ci->tls)
+	if (ci->state == HT_CONN_NOT_HTTP || ci->tls)
 		return NULL;
 	return ci;
 }
@@ -618,10 +689,10 @@ static __always_inline int fast_data(long ret, enum buffer_kind kind, __u8 direc
 	if (!process_wanted(pid_tgid >> 32))
 		return 0;
 	struct pt_regs *r = syscall_regs();
-	struct ht_conn_info *ci = data_conn(pid_tgid, ARG1(r));
+	struct ht_conn_info *ci = data_conn(pid_tgid, TASK_ARG1(r));
 	if (!ci)
 		return 0;
-	return capture_syscall(ci, ret, ARG2(r), ARG3(r), kind, direction, false);
+	return capture_syscall(ci, ret, TASK_ARG2(r), TASK_ARG3(r), kind, direction, false);
 }
 
 static __always_inline void stash_args(__u64 pid_tgid, __u64 fd, __u64 arg2, __u64 arg3)
@@ -688,7 +759,7 @@ static __always_inline int compat_data_exit(struct syscall_trace_exit *ctx, enum
 		return 0;
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | (__u32)args.fd;
 	struct ht_conn_info *ci = bpf_map_lookup_elem(&conns, &key);
-	if (!ci || ci->state == HT_CONN_IGNORED || ci->tls)
+	if (!ci || ci->state >= HT_CONN_IGNORED || ci->tls)
 		return 0;
 	return capture_syscall(ci, ctx->ret, args.arg2, args.arg3, kind, direction, true);
 }
@@ -731,6 +802,8 @@ static __always_inline struct ht_conn_info *http_conn(__u64 pid_tgid, int fd)
 
 static __always_inline int sent_file(struct ht_conn_info *ci, long ret)
 {
+	if (ci->skipping & (1 << HT_EGRESS))
+		return 0; /* the body of a response being skipped */
 	send_not_copied(ci, HT_EGRESS, ci->pos[HT_EGRESS], ret, HT_DATA_NOT_VISIBLE);
 	ci->pos[HT_EGRESS] += ret;
 	return 0;
@@ -744,7 +817,7 @@ int exit_sendfile(struct syscall_trace_exit *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!process_wanted(pid_tgid >> 32))
 		return 0;
-	struct ht_conn_info *ci = http_conn(pid_tgid, ARG1(syscall_regs()));
+	struct ht_conn_info *ci = http_conn(pid_tgid, TASK_ARG1(syscall_regs()));
 	return ci ? sent_file(ci, ctx->ret) : 0;
 }
 
@@ -801,7 +874,7 @@ static __always_inline bool connected(long ret)
 SEC("?tracepoint/syscalls/sys_exit_connect")
 int exit_connect(struct syscall_trace_exit *ctx)
 {
-	return connected(ctx->ret) ? on_new_socket(ARG1(syscall_regs()), HT_ROLE_CLIENT) : 0;
+	return connected(ctx->ret) ? on_new_socket(TASK_ARG1(syscall_regs()), HT_ROLE_CLIENT) : 0;
 }
 
 SEC("?tracepoint/syscalls/sys_enter_connect")
@@ -886,12 +959,12 @@ static __always_inline int tls_plaintext(struct ht_conn_info *ci, long n, __u64 
 {
 	if (!ci->tls) { /* the handshake made the socket look like non-HTTP: classify the plaintext instead */
 		ci->tls = 1;
-		/* IGNORED also means filtered out by --port: that must hold for TLS too. */
-		if (ci->state == HT_CONN_IGNORED && ci->sk && port_wanted((struct sock *)ci->sk))
+		/* Not IGNORED: that is for good (filtered out by --port, or not TCP), for TLS too. */
+		if (ci->state == HT_CONN_NOT_HTTP)
 			ci->state = HT_CONN_UNKNOWN;
 		ci->tries = 0;
 	}
-	if (ci->state == HT_CONN_IGNORED)
+	if (ci->state >= HT_CONN_IGNORED)
 		return 0;
 	return capture(ci, n, buf, 0, 0, direction, HT_DATA_TLS, compat);
 }

@@ -79,7 +79,9 @@ struct ht_close_event {
 enum ht_conn_state {
 	HT_CONN_UNKNOWN = 0, /* a TCP socket not classified yet */
 	HT_CONN_HTTP = 1,    /* its first bytes were an HTTP/1 start line: every byte is reported */
-	HT_CONN_IGNORED = 2, /* not TCP, not HTTP, or filtered out: one map lookup per syscall from now on */
+	HT_CONN_IGNORED = 2, /* not TCP or filtered out, for good: one map lookup per syscall from now on */
+	HT_CONN_NOT_HTTP = 3, /* a TCP socket whose first bytes were not HTTP: a TLS handshake may be, and
+			       * the plaintext that follows makes it classifiable again */
 };
 
 /* Value of the conns map, keyed by (tgid << 32 | fd). User space reads it to close the connections of
@@ -93,7 +95,18 @@ struct ht_conn_info {
 	__u8 open_sent;
 	__u8 tries;
 	__u8 tls;     /* plaintext comes from TLS library probes; the socket's own bytes are ciphertext */
-	__u8 _pad[3];
+	__u8 http1;   /* classified by an HTTP/1 start line: under overload it sheds whole messages */
+	__u8 skipping; /* bit (1 << direction): the message under way in that direction is being skipped */
+	__u8 _pad0;
+	__u32 responses_to_skip; /* requests skipped whose responses are still to come (and be skipped) */
+	__u32 _pad1;
+};
+
+/* Under overload, HTTP/1 messages skipped whole in the kernel, counted per CPU (map skipped). */
+enum ht_skip {
+	HT_SKIPPED_REQUESTS = 0,
+	HT_SKIPPED_RESPONSES = 1,
+	HT_SKIPS = 2,
 };
 
 /* Go's crypto/tls: the socket's fd is found from the tls.Conn through the program's own structs. The
@@ -128,6 +141,8 @@ struct ht_config {
 	__u64 max_copy;     /* payload bytes copied per syscall; the rest is reported as not_copied */
 	__u64 wakeup_bytes; /* wake the reader only when this much is waiting (it also polls on a timer);
 			     * 0: the kernel's default, a wake-up whenever the reader has caught up */
+	__u64 shed_bytes;   /* while more than this waits in the ring, HTTP/1 connections skip new exchanges
+			     * whole; 0: never (bytes are then dropped when the ring is full) */
 	char comm[HT_COMM_LEN];
 };
 

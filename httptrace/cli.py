@@ -432,7 +432,8 @@ class Output:
 # --- the capture loop -------------------------------------------------------------
 
 # Shown first in the summary, in this order; other keys from stats() follow sorted.
-_SUMMARY_KEYS = ("exchanges", "bytes", "connections", "drops", "gaps", "truncated", "parse_errors", "events")
+_SUMMARY_KEYS = ("exchanges", "bytes", "connections", "drops", "skipped_requests", "skipped_responses", "gaps",
+                 "truncated", "parse_errors", "events")
 
 
 def fail(problem: str, fix: str = "") -> int:
@@ -597,7 +598,12 @@ class CaptureRun:
             for hook in self.on_stop:
                 hook()
             self.print_summary()
-        drops = _safe_stats(self.tracer).get("drops")
+        final = _safe_stats(self.tracer)
+        if final.get("skipped_requests"):
+            log.warning("overload: exchanges were not captured (skipped whole in the kernel while the agent "
+                        "was behind; those captured are complete)", not_captured=final["skipped_requests"],
+                        fix="narrow with --pid/--port")
+        drops = final.get("drops")
         if drops:
             log.warning("events were dropped: some exchanges are missing or flagged 'gap'",
                         drops=drops, fix="raise --ring-buffer-size or narrow with --pid/--port")

@@ -74,14 +74,15 @@ class CloseEvent(ctypes.Structure):
 class ConnInfo(ctypes.Structure):
     _fields_ = [("id", ConnId), ("pos", ctypes.c_uint64 * 2), ("sk", ctypes.c_uint64), ("state", ctypes.c_uint8),
                 ("role_hint", ctypes.c_uint8), ("open_sent", ctypes.c_uint8), ("tries", ctypes.c_uint8),
-                ("tls", ctypes.c_uint8), ("_pad", ctypes.c_uint8 * 3)]
+                ("tls", ctypes.c_uint8), ("http1", ctypes.c_uint8), ("skipping", ctypes.c_uint8),
+                ("_pad0", ctypes.c_uint8), ("responses_to_skip", ctypes.c_uint32), ("_pad1", ctypes.c_uint32)]
 
 
 class Config(ctypes.Structure):
     _fields_ = [("self_tgid", ctypes.c_uint32), ("filter_tgids", ctypes.c_uint32),
                 ("filter_ports", ctypes.c_uint32), ("filter_comm", ctypes.c_uint32),
                 ("tls", ctypes.c_uint32), ("_pad0", ctypes.c_uint32), ("max_copy", ctypes.c_uint64),
-                ("wakeup_bytes", ctypes.c_uint64), ("comm", ctypes.c_char * COMM_LEN)]
+                ("wakeup_bytes", ctypes.c_uint64), ("shed_bytes", ctypes.c_uint64), ("comm", ctypes.c_char * COMM_LEN)]
 
 
 class GoOffsets(ctypes.Structure):

@@ -240,6 +240,24 @@ def test_text_output_and_summary(capsys, tracer_factory):
             "events=120 idle_expired=3 elapsed=") in summary[0]   # zero extras (upgrades) left out
 
 
+def test_summary_counts_exchanges_skipped_under_overload(capsys, tracer_factory):
+    """The kernel's whole-exchange shedding is in the summary, after drops, and said in words at exit."""
+    tracer_factory(exchanges=some_exchanges(), stats={**STATS, "skipped_requests": 7, "skipped_responses": 6})
+    code, out, err = run(["--format", "json"], capsys)
+    assert code == 0
+    (summary,) = [line for line in err.splitlines() if line.startswith("httptrace summary:")]
+    assert " drops=0 skipped_requests=7 skipped_responses=6 gaps=0 " in summary
+    (warning,) = [json.loads(line) for line in err.splitlines() if "not_captured" in line]
+    assert warning["not_captured"] == 7 and "overload" in warning["event"]
+
+
+def test_no_overload_warning_without_skips(capsys, tracer_factory):
+    tracer_factory(exchanges=some_exchanges(), stats={**STATS, "skipped_requests": 0, "skipped_responses": 0})
+    code, out, err = run(["--format", "json"], capsys)
+    assert code == 0 and "not_captured" not in err
+    assert " drops=0 skipped_requests=0 skipped_responses=0 gaps=0 " in err
+
+
 def test_count_stops_after_n_shown_exchanges_after_filters(capsys, tracer_factory):
     created = tracer_factory(exchanges=some_exchanges() * 3, block=True)
     code, out, err = run(["--format", "json", "-c", "2", "--method", "GET"], capsys)

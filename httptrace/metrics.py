@@ -46,7 +46,8 @@ OTHER_ROUTE = "other"
 # Tracer counters that are levels, not totals.
 _GAUGES = frozenset(("connections_open", "buffered_bytes", "otlp_queued"))
 # Always exported (0 until they happen), so rate() and alerts work from the first scrape.
-_HEADLINE = ("events", "bytes", "drops", "gaps", "parse_errors", "connections", "connections_open",
+_HEADLINE = ("events", "bytes", "drops", "skipped_requests", "skipped_responses", "gaps", "parse_errors",
+             "connections", "connections_open",
              "exchanges", "truncated", "incomplete")
 STATS_EVERY_S = 0.5
 

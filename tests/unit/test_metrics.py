@@ -106,6 +106,7 @@ def test_routes_are_bounded_per_command_and_method():
     assert _value(metrics, "httptrace_drops_total") == 1
     assert _value(metrics, "httptrace_connections_open") == 2
     assert _value(metrics, "httptrace_parse_errors_total") == 0   # exported before it first happens
+    assert _value(metrics, "httptrace_skipped_requests_total") == 0   # overload shedding, from the first scrape
 
 
 def test_served_on_metrics(tmp_path):

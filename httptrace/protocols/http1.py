@@ -354,36 +354,11 @@ def _scan_head(text: str, kind: int) -> MessageBuilder:
             _remember_lines(text, fields_at, b, fields)
         # Only the fields that frame the body, found in one pass over the lowered text.
         framing = _FRAMING_FIELD.findall(text.lower(), newline)
-        if not framing:
-            return b
-        lengths, codings, upgrade = [], [], False
-        for name, value in framing:
-            if name == "content-length":
-                lengths.append(value)
-            elif name == "transfer-encoding":
-                codings.append(value)
-            else:
-                upgrade = True
     else:
         b.headers = tuple(parse_fields(split_lines(text[fields_at:])))
-        lengths, codings, upgrade = [], [], False
-        for name, value in b.headers:
-            lname = name.lower()
-            if lname == "content-length":
-                lengths.append(value)
-            elif lname == "transfer-encoding":
-                codings.append(value)
-            elif lname == "upgrade":
-                upgrade = True
-    if upgrade:
-        b.upgrade = True
-    if codings:
-        listed = [coding.strip().lower() for coding in ",".join(codings).split(",") if coding.strip()]
-        if listed:
-            b.transfer_encoding = True
-            b.chunked = listed[-1] == "chunked"
-    if lengths:
-        b.content_length = parse_content_length(",".join(lengths))
+        framing = [(lname, value) for name, value in b.headers if (lname := name.lower()) in _FRAMING_NAMES]
+    if framing:
+        _frame_by_fields(b, framing)
     return b
 
 

@@ -106,6 +106,7 @@ def test_prometheus_counts_every_request_by_method_route_and_status(red_server, 
         assert float(query(f"sum(http_server_response_body_size_bytes_sum{{{selector}}})")[0]["value"][1]) == body_bytes
         _wait_for(query, "httptrace_exchanges_total", 2 * len(REQUESTS))
         assert float(query("httptrace_drops_total")[0]["value"][1]) == 0
+        assert float(query("httptrace_skipped_requests_total")[0]["value"][1]) == 0   # exported before overload
         assert float(query("httptrace_events_total")[0]["value"][1]) > 0
         assert float(query("httptrace_routes_overflow_total")[0]["value"][1]) == 0
     finally:

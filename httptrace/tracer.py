@@ -462,36 +462,28 @@ class Tracer:
 
     def drops(self) -> dict[str, int]:
         """Events the kernel could not write to the ring buffer (it was full), by event type."""
-        if self._object is None:
-            return {}
-        drops = self._object.map("drops")
-        totals = {}
-        for kind in EventType:
-            raw = drops.lookup(struct.pack("<I", kind.value), 8 * self._ncpus) or b""
-            totals[kind.name.lower()] = sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
-        return totals
+        return self._counter_totals("drops", {kind.value: kind.name.lower() for kind in EventType})
 
     def skipped(self) -> dict[str, int]:
         """HTTP/1 messages the kernel skipped whole while the ring buffer was nearly full (the reader
         was behind): skipped_requests is the number of exchanges not captured; each request's
         response is skipped with it (skipped_responses). HTTP/2 is not skipped: its losses are drops."""
-        if self._object is None:
-            return {}
-        counters = self._object.map("skipped")
-        totals = {}
-        for index, name in enumerate(("skipped_requests", "skipped_responses")):   # enum ht_skip
-            raw = counters.lookup(struct.pack("<I", index), 8 * self._ncpus) or b""
-            totals[name] = sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
-        return totals
+        return self._counter_totals("skipped",
+                                    dict(enumerate(("skipped_requests", "skipped_responses"))))  # enum ht_skip
 
     def go_tls_errors(self) -> dict[str, int]:
         """Go TLS plaintext the kernel dropped: the conn led to no TCP socket of the process (bad_fd), or
         the program's struct offsets were missing (unknown_binary)."""
+        return self._counter_totals("go_tls_errors",
+                                    dict(enumerate(("go_tls_unknown_binary", "go_tls_bad_fd"))))  # enum ht_go_error
+
+    def _counter_totals(self, map_name: str, names: dict[int, str]) -> dict[str, int]:
+        """A per-CPU array of u64 counters, summed over the CPUs: {name: total} for each index in names."""
         if self._object is None:
             return {}
-        counters = self._object.map("go_tls_errors")
+        counters = self._object.map(map_name)
         totals = {}
-        for index, name in enumerate(("go_tls_unknown_binary", "go_tls_bad_fd")):   # enum ht_go_error
+        for index, name in names.items():
             raw = counters.lookup(struct.pack("<I", index), 8 * self._ncpus) or b""
             totals[name] = sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
         return totals

@@ -19,7 +19,7 @@ from httptrace.protocols.http1 import EITHER, REQUEST, RESPONSE, MalformedHead, 
 from httptrace.sessions import Reassembler
 
 from .test_reassembler_properties import (CAPS, SETTINGS, conversations, cut, directions, events, mutate, mutations,
-                                          roles)
+                                          play, roles)
 
 KEY = (1, 2, 3)
 
@@ -93,25 +93,9 @@ def run_events(script, roles_, whole_messages: bool) -> tuple[list, dict]:
     MessageReader.whole_messages = whole_messages
     try:
         r = Reassembler(**CAPS, reorder_window=2)
-        pos: dict = {}
         now = 0
         out = []
-        for key_index, role in enumerate(roles_):
-            if role is not Role.UNKNOWN or key_index == 0:
-                r.open((key_index, 0, 0), Connection(key_index, 0, 0, "", None, None, role))
-        for step in script:
-            now += 1000
-            if step[0] == "data":
-                _, key_index, direction, payload, not_copied, skip, not_visible = step
-                key = (key_index, 0, 0)
-                at = pos.get((key, direction), 0) + skip
-                r.data(key, direction, at, b"" if not_visible else payload, not_copied, now, not_visible=not_visible)
-                pos[(key, direction)] = at + (0 if not_visible else len(payload)) + not_copied
-            elif step[0] == "close":
-                r.close((step[1], 0, 0), now)
-                pos = {k: v for k, v in pos.items() if k[0] != (step[1], 0, 0)}
-            else:
-                r.expire(now + step[1])
+        for now in play(r, script, roles_):
             out += r.drain()
         r.flush(now)
         return out + r.drain(), r.stats
